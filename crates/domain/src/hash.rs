@@ -1,0 +1,122 @@
+//! The only form in which a secret is stored: a keyed, domain-separated
+//! blake3 hash.
+//!
+//! The key is derived with `blake3::derive_key` from an optional server-side
+//! key (a pepper, `APITOKEN_HASH_KEY`): with it, a stolen database does not
+//! even allow offline checks of candidate secrets. Secrets carry 256 bits of
+//! entropy, so a fast hash is the right choice (no password-style stretching).
+
+use std::fmt;
+
+use crate::token::WellFormed;
+
+const SECRET_HASH_CONTEXT: &str = "apitoken 2026-11-23 secret hash v1";
+const PAGE_TOKEN_CONTEXT: &str = "apitoken 2026-11-23 page token mac v1";
+
+/// The hash of a secret, as stored and indexed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretHash(blake3::Hash);
+
+impl SecretHash {
+    /// The 32 bytes stored in the database.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// Reads 32 stored bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<SecretHash> {
+        let bytes: [u8; 32] = bytes.try_into().ok()?;
+        Some(SecretHash(blake3::Hash::from_bytes(bytes)))
+    }
+
+    /// Constant-time comparison (`blake3::Hash` equality is constant-time).
+    pub fn matches(&self, other: &SecretHash) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretHash({}…)", &self.0.to_hex()[..8])
+    }
+}
+
+/// Keys derived from the deployment's optional server-side key.
+#[derive(Clone)]
+pub struct Keys {
+    secret_hash: [u8; 32],
+    page_token: [u8; 32],
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::derive(None)
+    }
+}
+
+impl Keys {
+    /// Derives every key from `server_key` (none: derived from the empty
+    /// string, so hashes are still domain-separated).
+    pub fn derive(server_key: Option<&[u8]>) -> Self {
+        let material = server_key.unwrap_or_default();
+        Self {
+            secret_hash: blake3::derive_key(SECRET_HASH_CONTEXT, material),
+            page_token: blake3::derive_key(PAGE_TOKEN_CONTEXT, material),
+        }
+    }
+
+    /// The stored hash of a secret.
+    pub fn hash_secret(&self, secret: &WellFormed) -> SecretHash {
+        SecretHash(blake3::keyed_hash(
+            &self.secret_hash,
+            secret.secret().expose().as_bytes(),
+        ))
+    }
+
+    /// A 16-byte MAC for page tokens.
+    pub fn page_token_mac(&self, data: &[u8]) -> [u8; 16] {
+        let full = blake3::keyed_hash(&self.page_token, data);
+        let mut mac = [0u8; 16];
+        mac.copy_from_slice(&full.as_bytes()[..16]);
+        mac
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::TokenFormat;
+
+    #[test]
+    fn hashes_depend_on_secret_and_key() {
+        let format = TokenFormat::default();
+        let a = format.parse(format.generate().expect("a")).expect("a");
+        let b = format.parse(format.generate().expect("b")).expect("b");
+        let plain = Keys::default();
+        let peppered = Keys::derive(Some(b"pepper"));
+        assert!(plain.hash_secret(&a).matches(&plain.hash_secret(&a)));
+        assert!(!plain.hash_secret(&a).matches(&plain.hash_secret(&b)));
+        assert!(!plain.hash_secret(&a).matches(&peppered.hash_secret(&a)));
+        let raw = blake3::hash(a.secret().expose().as_bytes());
+        assert_ne!(
+            plain.hash_secret(&a).as_bytes(),
+            raw.as_bytes(),
+            "not domain-separated"
+        );
+    }
+
+    #[test]
+    fn hashes_round_trip_through_bytes() {
+        let format = TokenFormat::default();
+        let secret = format.parse(format.generate().expect("s")).expect("s");
+        let hash = Keys::default().hash_secret(&secret);
+        assert_eq!(SecretHash::from_slice(hash.as_bytes()), Some(hash));
+        assert_eq!(SecretHash::from_slice(&[1, 2, 3]), None);
+    }
+}

@@ -1,0 +1,39 @@
+//! Domain rules of apitoken, free of storage and transport wiring.
+//!
+//! - [`token`]: the secret format (prefix, randomness, checksum) and its
+//!   redacted [`token::Secret`] type.
+//! - [`hash`]: the keyed, domain-separated blake3 hash that is all the
+//!   database ever sees of a secret.
+//! - [`role`], [`name`], [`validate`], [`filter`], [`page`]: roles, resource
+//!   names, field rules, list filters and page tokens.
+//! - [`principal`]: the authenticated caller and its authorization checks.
+//! - [`error`] and [`status`]: the domain error and the one place it becomes
+//!   a `tonic::Status` with `google.rpc` details.
+//! - [`clock`]: an injectable clock.
+//!
+//! Architecture invariant: this crate never depends on sea-orm or the server;
+//! the interceptor crate uses it to parse tokens and map errors.
+
+pub mod clock;
+pub mod error;
+pub mod filter;
+pub mod hash;
+pub mod name;
+pub mod page;
+pub mod principal;
+pub mod role;
+pub mod state;
+pub mod status;
+pub mod token;
+pub mod validate;
+
+pub use error::{AuthFailure, DenyReason, Error};
+pub use principal::Principal;
+pub use role::Role;
+pub use state::TokenState;
+
+/// The `domain` of every `google.rpc.ErrorInfo` this product emits.
+pub const ERROR_DOMAIN: &str = "apitoken";
+
+/// The principal recorded for tokens made by `apitoken-server bootstrap`.
+pub const BOOTSTRAP_PRINCIPAL: &str = "bootstrap";

@@ -1,0 +1,106 @@
+//! The one place where domain errors become `tonic::Status`, with
+//! `google.rpc` details: `ErrorInfo` for authentication and permission
+//! failures, `BadRequest` for invalid fields, `ResourceInfo` for missing or
+//! duplicate resources, `PreconditionFailure` for calls on a revoked token.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{ERROR_DOMAIN, Error};
+
+/// The resource type named in `google.rpc.ResourceInfo`.
+const RESOURCE_TYPE: &str = "apitoken.v1.ApiToken";
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::Unauthenticated(failure) => Status::with_error_details(
+                Code::Unauthenticated,
+                message,
+                ErrorDetails::with_error_info(failure.reason(), ERROR_DOMAIN, HashMap::new()),
+            ),
+            Error::PermissionDenied { reason, .. } => Status::with_error_details(
+                Code::PermissionDenied,
+                message,
+                ErrorDetails::with_error_info(reason.reason(), ERROR_DOMAIN, HashMap::new()),
+            ),
+            Error::InvalidArgument(violations) => {
+                let mut details = ErrorDetails::new();
+                for violation in violations {
+                    details.add_bad_request_violation(violation.field, violation.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::NotFound(resource) => Status::with_error_details(
+                Code::NotFound,
+                message,
+                ErrorDetails::with_resource_info(RESOURCE_TYPE, resource, "", "not found"),
+            ),
+            Error::AlreadyExists(resource) => Status::with_error_details(
+                Code::AlreadyExists,
+                message,
+                ErrorDetails::with_resource_info(RESOURCE_TYPE, resource, "", "already exists"),
+            ),
+            Error::FailedPrecondition { resource, kind, .. } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message.clone(),
+                ErrorDetails::with_precondition_failure_violation(kind, resource, message),
+            ),
+            Error::Aborted(_) => Status::new(Code::Aborted, message),
+            Error::Unavailable(_) => Status::new(Code::Unavailable, message),
+            Error::Internal => Status::new(Code::Internal, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AuthFailure, DenyReason, error::FieldViolation};
+
+    #[test]
+    fn unauthenticated_carries_error_info() {
+        let status = Status::from(Error::Unauthenticated(AuthFailure::Revoked));
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, "TOKEN_REVOKED");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+    }
+
+    #[test]
+    fn permission_denied_carries_reason() {
+        let status = Status::from(Error::denied(DenyReason::RoleEscalation, "no"));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(
+            status.get_details_error_info().expect("error info").reason,
+            "ROLE_ESCALATION"
+        );
+    }
+
+    #[test]
+    fn invalid_argument_lists_fields() {
+        let status = Status::from(Error::InvalidArgument(vec![
+            FieldViolation::new("a", "x"),
+            FieldViolation::new("b", "y"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let fields: Vec<_> = status
+            .get_details_bad_request()
+            .expect("bad request")
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["a", "b"]);
+    }
+
+    #[test]
+    fn internal_reveals_nothing() {
+        let status = Status::from(Error::Internal);
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+}
