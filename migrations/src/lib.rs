@@ -1,1 +1,21 @@
-//! placeholder
+//! Schema migrations of apitoken, applied in order by [`Migrator`]: one
+//! migration a file, each with a real `down`, each in a transaction.
+//!
+//! Run them with `apitoken-server migrate` (the server also applies them on
+//! start unless told not to).
+
+use sea_orm_migration::{MigrationTrait, async_trait};
+pub use sea_orm_migration::{MigratorTrait, sea_orm};
+
+mod m20261123_000001_create_api_tokens;
+
+/// Every migration of the product.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_create_api_tokens::Migration)]
+    }
+}

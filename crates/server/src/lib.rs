@@ -1,1 +1,24 @@
-//! placeholder
+//! The apitoken gRPC server.
+//!
+//! - [`config`]: command line and environment (`serve`, `migrate`, `bootstrap`).
+//! - [`app`]: wiring: store, health, reflection, graceful shutdown.
+//! - [`service`]: the `ApiTokenService` handlers.
+//! - [`auth`]: bearer-token authentication of callers.
+//! - [`convert`]: domain values to and from wire types.
+//! - [`usage`]: batched `last_use_time` / `use_count` writes.
+//! - [`bootstrap`]: the first owner token, made straight in the database.
+//! - [`telemetry`]: logging setup.
+//!
+//! Errors are `apitoken_domain::Error` throughout and become `tonic::Status`
+//! only through `apitoken_domain::status`.
+
+pub mod app;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod convert;
+pub mod service;
+pub mod telemetry;
+pub mod usage;
+
+pub use app::{App, AppConfig};

@@ -1,1 +1,114 @@
-fn main() {}
+//! `apitoken-server`: `serve` (default), `migrate`, `bootstrap`.
+
+use std::{process::ExitCode, sync::Arc};
+
+use apitoken_domain::clock::{SharedClock, SystemClock};
+use apitoken_server::{
+    App, AppConfig,
+    app::StartError,
+    bootstrap::{BootstrapRequest, bootstrap_token},
+    config::{Cli, Command, DatabaseArgs, ServeArgs},
+    telemetry,
+};
+use apitoken_store::{StoreOptions, TokenStore};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Migrate(args)) => migrate(args).await,
+        Some(Command::Bootstrap(args)) => bootstrap(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(error = %err, "apitoken-server failed");
+            eprintln!("apitoken-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn store_options(args: &DatabaseArgs) -> StoreOptions {
+    StoreOptions {
+        max_connections: args.database_max_connections,
+        ..StoreOptions::default()
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), StartError> {
+    let config = AppConfig {
+        database_url: args.database.database_url.clone(),
+        store: store_options(&args.database),
+        token_prefix: args.token.token_prefix,
+        hash_key: args.token.hash_key,
+        usage_flush_interval: args.usage_flush_interval,
+        health_check_interval: args.health_check_interval,
+        migrate: !args.no_migrate,
+    };
+    let clock: SharedClock = Arc::new(SystemClock);
+    let app = App::build(config, clock).await?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|err| StartError::Config(format!("cannot listen on {}: {err}", args.listen)))?;
+    app.serve(listener, shutdown_signal()).await
+}
+
+async fn migrate(args: DatabaseArgs) -> Result<(), StartError> {
+    let store = TokenStore::connect(&args.database_url, &store_options(&args)).await?;
+    store.migrate().await?;
+    info!("migrations applied");
+    Ok(())
+}
+
+async fn bootstrap(args: apitoken_server::config::BootstrapArgs) -> Result<(), StartError> {
+    let config = AppConfig {
+        token_prefix: args.token.token_prefix.clone(),
+        hash_key: args.token.hash_key.clone(),
+        store: store_options(&args.database),
+        ..AppConfig::new(args.database.database_url.clone())
+    };
+    let clock: SharedClock = Arc::new(SystemClock);
+    let app = App::build(config, clock).await?;
+    let request = BootstrapRequest {
+        namespace: args.namespace,
+        token_id: args.name,
+        role: args.role,
+        ttl: args.ttl,
+    };
+    let (_, secret) =
+        bootstrap_token(app.store(), app.format(), app.keys(), app.clock(), &request).await?;
+    println!("{}", secret.expose());
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    info!("shutdown signal received");
+}

@@ -1,1 +1,18 @@
-//! placeholder
+//! Persistence of apitoken on SQLite (the embedded default) or PostgreSQL
+//! (production, several replicas), through sea-orm.
+//!
+//! - [`entity`]: the sea-orm entity of the `api_tokens` table.
+//! - [`record`]: the rows as domain values ([`TokenRecord`]) and what callers
+//!   hand in ([`NewToken`], [`TokenChanges`], [`ListQuery`]).
+//! - [`store`]: [`TokenStore`], every query the service makes. Each write is
+//!   a single conditional statement or one transaction: nothing is ever left
+//!   half-written.
+//!
+//! Architecture invariant: only the hash of a secret reaches this crate.
+
+pub mod entity;
+pub mod record;
+pub mod store;
+
+pub use record::{ListQuery, NewToken, TokenChanges, TokenRecord, UsageReport};
+pub use store::{StoreOptions, TokenStore};

@@ -1,0 +1,246 @@
+//! Wiring: connect and migrate the store, build the service, serve it with
+//! health and reflection, shut down gracefully.
+//!
+//! Health (`grpc.health.v1`): overall (`""`) and `apitoken.v1.ApiTokenService`
+//! are SERVING while the database answers, NOT_SERVING when it does not and
+//! from the moment shutdown begins. Shutdown stops accepting connections,
+//! lets in-flight calls finish, then flushes usage figures.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use apitoken_domain::{
+    Error,
+    clock::SharedClock,
+    hash::Keys,
+    token::{InvalidPrefix, TokenFormat},
+};
+use apitoken_proto::{
+    FILE_DESCRIPTOR_SET, SERVICE_NAME, v1::api_token_service_server::ApiTokenServiceServer,
+};
+use apitoken_store::{StoreOptions, TokenStore};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{info, info_span, warn};
+
+use crate::{auth::Authenticator, service::ApiTokenService, usage::UsageRecorder};
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// Connection pool settings.
+    pub store: StoreOptions,
+    /// Prefix of secrets.
+    pub token_prefix: String,
+    /// Optional server-side hash key.
+    pub hash_key: Option<String>,
+    /// How often usage figures are written.
+    pub usage_flush_interval: Duration,
+    /// How often the database is pinged for health.
+    pub health_check_interval: Duration,
+    /// Apply migrations on start.
+    pub migrate: bool,
+}
+
+impl AppConfig {
+    /// Defaults for `database_url`.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            store: StoreOptions::default(),
+            token_prefix: apitoken_domain::token::DEFAULT_PREFIX.to_owned(),
+            hash_key: None,
+            usage_flush_interval: Duration::from_secs(1),
+            health_check_interval: Duration::from_secs(5),
+            migrate: true,
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The database could not be reached or migrated.
+    #[error("database: {0}")]
+    Store(#[from] Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+impl From<InvalidPrefix> for StartError {
+    fn from(error: InvalidPrefix) -> Self {
+        StartError::Config(error.to_string())
+    }
+}
+
+/// A built server, ready to serve.
+#[derive(Debug)]
+pub struct App {
+    store: TokenStore,
+    format: TokenFormat,
+    keys: Keys,
+    clock: SharedClock,
+    usage: Arc<UsageRecorder>,
+    config: AppConfig,
+}
+
+impl App {
+    /// Connects (and migrates, unless told not to).
+    pub async fn build(config: AppConfig, clock: SharedClock) -> Result<App, StartError> {
+        let format = TokenFormat::new(&config.token_prefix)?;
+        let keys = Keys::derive(config.hash_key.as_deref().map(str::as_bytes));
+        let store = TokenStore::connect(&config.database_url, &config.store).await?;
+        if config.migrate {
+            store.migrate().await?;
+        }
+        let usage = Arc::new(UsageRecorder::new(store.clone()));
+        Ok(App {
+            store,
+            format,
+            keys,
+            clock,
+            usage,
+            config,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &TokenStore {
+        &self.store
+    }
+
+    /// The token format.
+    pub fn format(&self) -> &TokenFormat {
+        &self.format
+    }
+
+    /// The hashing keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains in-flight
+    /// calls and flushes usage figures.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        let auth = Authenticator::new(
+            self.store.clone(),
+            self.format.clone(),
+            self.keys.clone(),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.usage),
+        );
+        let service = ApiTokenService::new(
+            self.store.clone(),
+            auth,
+            self.format.clone(),
+            self.keys.clone(),
+            Arc::clone(&self.clock),
+        );
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::Serving).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let (stopping_tx, stopping) = watch::channel(false);
+        let (flush_stop_tx, flush_stop) = watch::channel(false);
+        let flusher = self
+            .usage
+            .spawn_flusher(self.config.usage_flush_interval, flush_stop);
+        let monitor = spawn_health_monitor(
+            self.store.clone(),
+            reporter.clone(),
+            self.config.health_check_interval,
+            stopping,
+        );
+
+        if let Ok(address) = listener.local_addr() {
+            info!(%address, "serving apitoken.v1.ApiTokenService");
+        }
+        let shutdown_reporter = reporter.clone();
+        let result = tonic::transport::Server::builder()
+            .trace_fn(|request| info_span!("grpc", method = %request.uri().path()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ApiTokenServiceServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                shutdown.await;
+                info!("shutting down: finishing in-flight calls");
+                let _ = stopping_tx.send(true);
+                set_health(&shutdown_reporter, ServingStatus::NotServing).await;
+            })
+            .await;
+        let _ = flush_stop_tx.send(true);
+        if flusher.await.is_err() {
+            warn!("usage flusher ended abnormally");
+        }
+        monitor.abort();
+        info!("stopped");
+        Ok(result?)
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+fn spawn_health_monitor(
+    store: TokenStore,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut healthy = true;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stopping.changed() => return,
+            }
+            let now_healthy = store.ping().await.is_ok();
+            if *stopping.borrow() {
+                return;
+            }
+            if now_healthy != healthy {
+                healthy = now_healthy;
+                if healthy {
+                    info!("database reachable again: SERVING");
+                    set_health(&reporter, ServingStatus::Serving).await;
+                } else {
+                    warn!("database unreachable: NOT_SERVING");
+                    set_health(&reporter, ServingStatus::NotServing).await;
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,68 @@
+//! `apitoken-server bootstrap`: the first owner token of a namespace, made
+//! straight in the database (creator `bootstrap`). Only its secret goes to
+//! standard output.
+
+use std::time::Duration;
+
+use apitoken_domain::{
+    BOOTSTRAP_PRINCIPAL, Error, Role,
+    clock::SharedClock,
+    hash::Keys,
+    name::{Namespace, TokenName},
+    token::{Secret, TokenFormat},
+};
+use apitoken_store::{NewToken, TokenRecord, TokenStore};
+use tracing::info;
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct BootstrapRequest {
+    /// Namespace id.
+    pub namespace: String,
+    /// Token id.
+    pub token_id: String,
+    /// Role.
+    pub role: Role,
+    /// Lifetime; none: never expires.
+    pub ttl: Option<Duration>,
+}
+
+/// Creates the token and returns it with its secret.
+pub async fn bootstrap_token(
+    store: &TokenStore,
+    format: &TokenFormat,
+    keys: &Keys,
+    clock: &SharedClock,
+    request: &BootstrapRequest,
+) -> Result<(TokenRecord, Secret), Error> {
+    let namespace = Namespace::new("namespace", &request.namespace)?;
+    let name = TokenName::new(namespace, "name", &request.token_id)?;
+    let now = clock.now();
+    let expire_time = match request.ttl {
+        Some(ttl) => Some(
+            chrono::Duration::from_std(ttl)
+                .ok()
+                .and_then(|ttl| now.checked_add_signed(ttl))
+                .ok_or_else(|| Error::invalid("ttl", "is too long"))?,
+        ),
+        None => None,
+    };
+    let secret = format.generate()?;
+    let well_formed = format.parse(secret.clone())?;
+    let record = store
+        .insert(NewToken {
+            name,
+            display_name: "Bootstrap token".to_owned(),
+            description: "Created by apitoken-server bootstrap".to_owned(),
+            role: request.role,
+            labels: Default::default(),
+            creator: BOOTSTRAP_PRINCIPAL.to_owned(),
+            expire_time,
+            secret_hash: keys.hash_secret(&well_formed),
+            secret_hint: format.hint(&well_formed),
+            now,
+        })
+        .await?;
+    info!(token = %record.name, role = %record.role, "bootstrap token created");
+    Ok((record, secret))
+}

@@ -1,0 +1,177 @@
+//! Command line and environment of `apitoken-server`.
+//!
+//! Every flag has an `APITOKEN_*` environment variable; flags win.
+
+use std::{net::SocketAddr, time::Duration};
+
+use apitoken_domain::Role;
+use clap::{Args, Parser, Subcommand};
+
+/// The default database: an `apitoken.db` SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://apitoken.db";
+
+/// apitoken: API tokens for internal gRPC platforms.
+#[derive(Debug, Parser)]
+#[command(
+    name = "apitoken-server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Create a token straight in the database and print only its secret.
+    Bootstrap(BootstrapArgs),
+}
+
+/// Where the tokens are stored.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://path.db` (created if missing) or `postgres://user:pass@host/db`.
+    #[arg(long, env = "APITOKEN_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Most database connections in the pool.
+    #[arg(long, env = "APITOKEN_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+}
+
+/// How secrets look and are hashed; must be the same on every replica.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Prefix of every secret (`<prefix>_…`), for secret scanners.
+    #[arg(long, env = "APITOKEN_TOKEN_PREFIX", default_value = apitoken_domain::token::DEFAULT_PREFIX)]
+    pub token_prefix: String,
+    /// Server-side key mixed into every secret hash. Prefer the environment
+    /// variable; changing it invalidates every token.
+    #[arg(long, env = "APITOKEN_HASH_KEY", hide_env_values = true)]
+    pub hash_key: Option<String>,
+}
+
+/// Options of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "APITOKEN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Token format.
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// How often usage figures are written (e.g. `500ms`, `2s`).
+    #[arg(long, env = "APITOKEN_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub usage_flush_interval: Duration,
+    /// How often the database is pinged for the health service.
+    #[arg(long, env = "APITOKEN_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+    /// Do not apply migrations on start (run `migrate` once instead).
+    #[arg(long, env = "APITOKEN_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+/// Options of `bootstrap`.
+#[derive(Debug, Clone, Args)]
+pub struct BootstrapArgs {
+    /// Database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Token format.
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Namespace of the token.
+    #[arg(long)]
+    pub namespace: String,
+    /// Id of the token (last segment of its name).
+    #[arg(long, default_value = "bootstrap-owner")]
+    pub name: String,
+    /// Role of the token: viewer, editor or owner.
+    #[arg(long, default_value = "owner", value_parser = parse_role)]
+    pub role: Role,
+    /// Lifetime of the token (e.g. `30d`, `12h`); none: it never expires.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+/// Parses `250ms`, `30s`, `5m`, `12h`, `30d`, or bare seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 30s, 5m, 12h or 30d"))?;
+    let seconds = |factor: u64| number.checked_mul(factor).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "" | "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{text}` is not a duration like 500ms, 30s, 5m, 12h or 30d"))
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| format!("`{text}` is not a role: use viewer, editor or owner"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn no_subcommand_means_serve_with_defaults() {
+        let cli = Cli::try_parse_from(["apitoken-server"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen.to_string(), "127.0.0.1:50051");
+        let cli = Cli::try_parse_from([
+            "apitoken-server",
+            "bootstrap",
+            "--namespace",
+            "team-a",
+            "--role",
+            "editor",
+        ])
+        .expect("parses");
+        let Some(Command::Bootstrap(args)) = cli.command else {
+            panic!("not bootstrap");
+        };
+        assert_eq!(args.role, Role::Editor);
+        assert_eq!(args.name, "bootstrap-owner");
+    }
+}

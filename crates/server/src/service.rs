@@ -1,0 +1,549 @@
+//! The `ApiTokenService` handlers: authenticate, authorize, validate (naming
+//! every bad field), then one store call. Every write is a single statement
+//! or one transaction.
+
+use std::collections::BTreeMap;
+
+use apitoken_domain::{
+    Error, Principal, Role, TokenState,
+    clock::SharedClock,
+    filter::ListFilter,
+    hash::Keys,
+    name::{Namespace, TokenName, check_id},
+    page::{self, QueryFingerprint},
+    token::{Secret, TokenFormat},
+    validate::{self, Violations},
+};
+use apitoken_proto::v1::{self, api_token_service_server::ApiTokenService as ApiTokenServiceRpc};
+use apitoken_store::{ListQuery, NewToken, TokenChanges, TokenRecord, TokenStore};
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::{
+    auth::Authenticator,
+    convert::{api_token, from_timestamp, required},
+};
+
+/// Default `page_size` of `ListApiTokens`.
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+/// Largest `page_size`; larger values are lowered to it (AIP-158).
+pub const MAX_PAGE_SIZE: u64 = 1000;
+
+/// The mutable fields of a token, as named in an update mask.
+const UPDATABLE: [&str; 5] = [
+    "display_name",
+    "description",
+    "labels",
+    "expire_time",
+    "role",
+];
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct ApiTokenService {
+    store: TokenStore,
+    auth: Authenticator,
+    format: TokenFormat,
+    keys: Keys,
+    clock: SharedClock,
+}
+
+/// A new secret, ready to be stored (hash and hint) and shown once.
+struct Minted {
+    secret: Secret,
+    hash: apitoken_domain::hash::SecretHash,
+    hint: String,
+}
+
+impl ApiTokenService {
+    /// The service over `store`.
+    pub fn new(
+        store: TokenStore,
+        auth: Authenticator,
+        format: TokenFormat,
+        keys: Keys,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            store,
+            auth,
+            format,
+            keys,
+            clock,
+        }
+    }
+
+    fn mint(&self) -> Result<Minted, Error> {
+        let secret = self.format.generate()?;
+        let well_formed = self.format.parse(secret.clone())?;
+        Ok(Minted {
+            hash: self.keys.hash_secret(&well_formed),
+            hint: self.format.hint(&well_formed),
+            secret,
+        })
+    }
+
+    async fn create(
+        &self,
+        request: Request<v1::CreateApiTokenRequest>,
+    ) -> Result<v1::CreateApiTokenResponse, Error> {
+        let caller = self.auth.authenticate(&request).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse_parent("parent", &request.parent)?;
+        caller.authorize(namespace.as_str(), Role::Owner)?;
+
+        let now = self.clock.now();
+        let mut violations = Violations::default();
+        violations.check(check_id("api_token_id", &request.api_token_id));
+        let token = required("api_token", request.api_token.as_ref())?;
+        let role = Role::from_proto(token.role);
+        if role.is_none() {
+            violations.add(
+                "api_token.role",
+                "is required: ROLE_VIEWER, ROLE_EDITOR or ROLE_OWNER",
+            );
+        }
+        violations.check(validate::display_name(
+            "api_token.display_name",
+            &token.display_name,
+        ));
+        violations.check(validate::description(
+            "api_token.description",
+            &token.description,
+        ));
+        let labels: BTreeMap<String, String> = token.labels.clone().into_iter().collect();
+        validate::labels("api_token.labels", &labels, &mut violations);
+        let expire_time = match &token.expire_time {
+            Some(timestamp) => {
+                let parsed = from_timestamp("api_token.expire_time", timestamp).and_then(|time| {
+                    validate::expire_time("api_token.expire_time", time, now).map(|()| time)
+                });
+                match parsed {
+                    Ok(time) => Some(time),
+                    Err(violation) => {
+                        violations.check(Err(violation));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let expected_name = format!(
+            "{}/apitokens/{}",
+            namespace.resource_name(),
+            request.api_token_id
+        );
+        if !token.name.is_empty() && token.name != expected_name {
+            violations.add(
+                "api_token.name",
+                "must be empty or match parent and api_token_id",
+            );
+        }
+        violations.finish()?;
+        let role = role.ok_or(Error::Internal)?;
+        caller.may_grant(role)?;
+
+        let name = TokenName::new(namespace, "api_token_id", &request.api_token_id)?;
+        let minted = self.mint()?;
+        let record = self
+            .store
+            .insert(NewToken {
+                name,
+                display_name: token.display_name.clone(),
+                description: token.description.clone(),
+                role,
+                labels,
+                creator: caller.name.to_string(),
+                expire_time,
+                secret_hash: minted.hash,
+                secret_hint: minted.hint,
+                now,
+            })
+            .await?;
+        info!(token = %record.name, role = %record.role, actor = %caller.name, "token created");
+        Ok(v1::CreateApiTokenResponse {
+            api_token: Some(api_token(&record, now)),
+            secret: minted.secret.expose().to_owned(),
+        })
+    }
+
+    /// Authenticates the caller and authorizes `min_role` on the namespace of
+    /// the token named in `field`.
+    async fn authorize_on_name<T>(
+        &self,
+        request: &Request<T>,
+        field: &str,
+        name: &str,
+        min_role: Role,
+    ) -> Result<(Principal, TokenName), Error> {
+        let caller = self.auth.authenticate(request).await?;
+        let name = TokenName::parse(field, name)?;
+        caller.authorize(name.namespace().as_str(), min_role)?;
+        Ok((caller, name))
+    }
+
+    async fn get(&self, request: Request<v1::GetApiTokenRequest>) -> Result<v1::ApiToken, Error> {
+        let (_, name) = self
+            .authorize_on_name(&request, "name", &request.get_ref().name, Role::Viewer)
+            .await?;
+        let record = self.store.get(&name).await?;
+        Ok(api_token(&record, self.clock.now()))
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListApiTokensRequest>,
+    ) -> Result<v1::ListApiTokensResponse, Error> {
+        let caller = self.auth.authenticate(&request).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse_parent("parent", &request.parent)?;
+        caller.authorize(namespace.as_str(), Role::Viewer)?;
+
+        let mut violations = Violations::default();
+        let page_size = match u64::try_from(request.page_size) {
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(size) => size.min(MAX_PAGE_SIZE),
+            Err(_) => {
+                violations.add("page_size", "must not be negative");
+                DEFAULT_PAGE_SIZE
+            }
+        };
+        let filter = violations.take(ListFilter::parse("filter", &request.filter))?;
+        let query = QueryFingerprint::of(&request.parent, &request.filter, request.show_revoked);
+        let before_id = if request.page_token.is_empty() {
+            None
+        } else {
+            violations.take(page::decode(
+                &self.keys,
+                "page_token",
+                query,
+                &request.page_token,
+            ))?
+        };
+        violations.finish()?;
+        let filter = filter.unwrap_or_default();
+
+        let now = self.clock.now();
+        let include_revoked = request.show_revoked || filter.asks_for_revoked();
+        let mut records = self
+            .store
+            .list(&ListQuery {
+                namespace: namespace.as_str().to_owned(),
+                filter,
+                include_revoked,
+                before_id,
+                limit: page_size + 1,
+                now,
+            })
+            .await?;
+        let next_page_token = if records.len() as u64 > page_size {
+            records.truncate(page_size as usize);
+            records
+                .last()
+                .map(|last| page::encode(&self.keys, query, last.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(v1::ListApiTokensResponse {
+            api_tokens: records
+                .iter()
+                .map(|record| api_token(record, now))
+                .collect(),
+            next_page_token,
+        })
+    }
+
+    async fn update(
+        &self,
+        request: Request<v1::UpdateApiTokenRequest>,
+    ) -> Result<v1::ApiToken, Error> {
+        let token = required("api_token", request.get_ref().api_token.as_ref())?.clone();
+        let (caller, name) = self
+            .authorize_on_name(&request, "api_token.name", &token.name, Role::Owner)
+            .await?;
+        let paths = update_paths(&token, request.get_ref().update_mask.as_ref())?;
+        let now = self.clock.now();
+        let record = self
+            .store
+            .update(&name, now, |current| {
+                changes_for(&token, &paths, current, &caller, now)
+            })
+            .await?;
+        info!(token = %record.name, fields = ?paths, actor = %caller.name, "token updated");
+        Ok(api_token(&record, now))
+    }
+
+    async fn regenerate(
+        &self,
+        request: Request<v1::RegenerateApiTokenRequest>,
+    ) -> Result<v1::RegenerateApiTokenResponse, Error> {
+        let (caller, name) = self
+            .authorize_on_name(&request, "name", &request.get_ref().name, Role::Owner)
+            .await?;
+        let now = self.clock.now();
+        let current = self.store.get(&name).await?;
+        if current.state(now) == TokenState::Expired {
+            return Err(Error::FailedPrecondition {
+                resource: name.to_string(),
+                kind: "TOKEN_EXPIRED",
+                message: "an expired token cannot be regenerated: create a new one".to_owned(),
+            });
+        }
+        let minted = self.mint()?;
+        let record = self
+            .store
+            .regenerate(&name, &minted.hash, minted.hint, now)
+            .await?;
+        info!(token = %record.name, actor = %caller.name, "token regenerated");
+        Ok(v1::RegenerateApiTokenResponse {
+            api_token: Some(api_token(&record, now)),
+            secret: minted.secret.expose().to_owned(),
+        })
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<v1::RevokeApiTokenRequest>,
+    ) -> Result<v1::ApiToken, Error> {
+        let caller = self.auth.authenticate(&request).await?;
+        let name = TokenName::parse("name", &request.get_ref().name)?;
+        // Any token may revoke itself: the first thing to do with a leak.
+        if caller.name != name {
+            caller.authorize(name.namespace().as_str(), Role::Owner)?;
+        }
+        let now = self.clock.now();
+        let record = self
+            .store
+            .revoke(&name, &caller.name.to_string(), now)
+            .await?;
+        info!(token = %record.name, actor = %caller.name, "token revoked");
+        Ok(api_token(&record, now))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<v1::VerifyApiTokenRequest>,
+    ) -> Result<v1::VerifyApiTokenResponse, Error> {
+        let record = if request.get_ref().secret.is_empty() {
+            let caller = self.auth.authenticate(&request).await?;
+            self.store.get(&caller.name).await?
+        } else {
+            let secret = Secret::new(std::mem::take(&mut request.into_inner().secret));
+            self.auth.verify(secret).await?
+        };
+        Ok(v1::VerifyApiTokenResponse {
+            api_token: Some(api_token(&record, self.clock.now())),
+        })
+    }
+}
+
+/// The fields an update touches: the mask's paths (`*` for all), or, with
+/// no mask, every mutable field set in `token` (AIP-134).
+fn update_paths(
+    token: &v1::ApiToken,
+    mask: Option<&prost_types::FieldMask>,
+) -> Result<Vec<&'static str>, Error> {
+    let paths: Vec<String> = mask.map(|mask| mask.paths.clone()).unwrap_or_default();
+    if paths.is_empty() {
+        let set = [
+            !token.display_name.is_empty(),
+            !token.description.is_empty(),
+            !token.labels.is_empty(),
+            token.expire_time.is_some(),
+            token.role != 0,
+        ];
+        let implied: Vec<_> = UPDATABLE
+            .into_iter()
+            .zip(set)
+            .filter(|(_, set)| *set)
+            .map(|(path, _)| path)
+            .collect();
+        if implied.is_empty() {
+            return Err(Error::invalid(
+                "update_mask",
+                "is required when no field is set",
+            ));
+        }
+        return Ok(implied);
+    }
+    if paths.iter().any(|path| path == "*") {
+        if paths.len() > 1 {
+            return Err(Error::invalid("update_mask", "`*` must be the only path"));
+        }
+        return Ok(UPDATABLE.to_vec());
+    }
+    let mut violations = Violations::default();
+    let mut known = Vec::new();
+    for path in &paths {
+        match UPDATABLE.iter().find(|field| *field == path) {
+            Some(field) if !known.contains(field) => known.push(*field),
+            Some(_) => {}
+            None => violations.add(
+                "update_mask",
+                format!("`{path}` cannot be updated: use display_name, description, labels, expire_time or role"),
+            ),
+        }
+    }
+    violations.finish()?;
+    Ok(known)
+}
+
+/// The changes an update makes to `current`, enforcing the rules: text and
+/// labels valid, expiry only earlier (and in the future), role only lower,
+/// etag (if given) current.
+fn changes_for(
+    token: &v1::ApiToken,
+    paths: &[&str],
+    current: &TokenRecord,
+    caller: &Principal,
+    now: DateTime<Utc>,
+) -> Result<TokenChanges, Error> {
+    if !token.etag.is_empty() && token.etag != current.etag() {
+        return Err(Error::Aborted(format!(
+            "etag {} does not match the current etag of {}: read it again and retry",
+            token.etag, current.name
+        )));
+    }
+    let mut violations = Violations::default();
+    let mut changes = TokenChanges::default();
+    for path in paths {
+        match *path {
+            "display_name" => {
+                violations.check(validate::display_name(
+                    "api_token.display_name",
+                    &token.display_name,
+                ));
+                changes.display_name = Some(token.display_name.clone());
+            }
+            "description" => {
+                violations.check(validate::description(
+                    "api_token.description",
+                    &token.description,
+                ));
+                changes.description = Some(token.description.clone());
+            }
+            "labels" => {
+                let labels: BTreeMap<_, _> = token.labels.clone().into_iter().collect();
+                validate::labels("api_token.labels", &labels, &mut violations);
+                changes.labels = Some(labels);
+            }
+            "expire_time" => match expiry_change(token, current, now) {
+                Ok(expiry) => changes.expire_time = expiry,
+                Err(violation) => violations.check(Err(violation)),
+            },
+            "role" => match Role::from_proto(token.role) {
+                None => violations.add(
+                    "api_token.role",
+                    "is required: ROLE_VIEWER, ROLE_EDITOR or ROLE_OWNER",
+                ),
+                Some(role) if role > current.role => violations.add(
+                    "api_token.role",
+                    format!(
+                        "may only be lowered (currently {}): create a new token for a higher role",
+                        current.role
+                    ),
+                ),
+                Some(role) => {
+                    caller.may_grant(role)?;
+                    changes.role = (role != current.role).then_some(role);
+                }
+            },
+            _ => return Err(Error::Internal),
+        }
+    }
+    violations.finish()?;
+    // Unchanged values are no change at all (no new etag).
+    if changes.display_name.as_ref() == Some(&current.display_name) {
+        changes.display_name = None;
+    }
+    if changes.description.as_ref() == Some(&current.description) {
+        changes.description = None;
+    }
+    if changes.labels.as_ref() == Some(&current.labels) {
+        changes.labels = None;
+    }
+    Ok(changes)
+}
+
+/// The new expiry, if it changes: it must be set, in the future, and no
+/// later than the current one.
+fn expiry_change(
+    token: &v1::ApiToken,
+    current: &TokenRecord,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, apitoken_domain::error::FieldViolation> {
+    let field = "api_token.expire_time";
+    let Some(timestamp) = &token.expire_time else {
+        return match current.expire_time {
+            None => Ok(None),
+            Some(_) => Err(apitoken_domain::error::FieldViolation::new(
+                field,
+                "may only be shortened: it cannot be removed",
+            )),
+        };
+    };
+    let expiry = from_timestamp(field, timestamp)?;
+    validate::expire_time(field, expiry, now)?;
+    match current.expire_time {
+        Some(existing) if expiry > existing => Err(apitoken_domain::error::FieldViolation::new(
+            field,
+            format!("may only be shortened: it is {}", existing.to_rfc3339()),
+        )),
+        Some(existing) if expiry == existing => Ok(None),
+        _ => Ok(Some(expiry)),
+    }
+}
+
+#[tonic::async_trait]
+impl ApiTokenServiceRpc for ApiTokenService {
+    async fn create_api_token(
+        &self,
+        request: Request<v1::CreateApiTokenRequest>,
+    ) -> Result<Response<v1::CreateApiTokenResponse>, Status> {
+        Ok(Response::new(self.create(request).await?))
+    }
+
+    async fn get_api_token(
+        &self,
+        request: Request<v1::GetApiTokenRequest>,
+    ) -> Result<Response<v1::ApiToken>, Status> {
+        Ok(Response::new(self.get(request).await?))
+    }
+
+    async fn list_api_tokens(
+        &self,
+        request: Request<v1::ListApiTokensRequest>,
+    ) -> Result<Response<v1::ListApiTokensResponse>, Status> {
+        Ok(Response::new(self.list(request).await?))
+    }
+
+    async fn update_api_token(
+        &self,
+        request: Request<v1::UpdateApiTokenRequest>,
+    ) -> Result<Response<v1::ApiToken>, Status> {
+        Ok(Response::new(self.update(request).await?))
+    }
+
+    async fn regenerate_api_token(
+        &self,
+        request: Request<v1::RegenerateApiTokenRequest>,
+    ) -> Result<Response<v1::RegenerateApiTokenResponse>, Status> {
+        Ok(Response::new(self.regenerate(request).await?))
+    }
+
+    async fn revoke_api_token(
+        &self,
+        request: Request<v1::RevokeApiTokenRequest>,
+    ) -> Result<Response<v1::ApiToken>, Status> {
+        Ok(Response::new(self.revoke(request).await?))
+    }
+
+    async fn verify_api_token(
+        &self,
+        request: Request<v1::VerifyApiTokenRequest>,
+    ) -> Result<Response<v1::VerifyApiTokenResponse>, Status> {
+        Ok(Response::new(self.verify(request).await?))
+    }
+}

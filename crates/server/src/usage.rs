@@ -1,0 +1,86 @@
+//! Batched usage figures: every authentication is counted in memory and the
+//! counts are written at most once per token per flush interval (and at
+//! graceful shutdown), so authentication never waits for a database write.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use apitoken_store::{TokenStore, UsageReport};
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tracing::warn;
+
+/// Counts uses and flushes them to the store.
+#[derive(Debug)]
+pub struct UsageRecorder {
+    store: TokenStore,
+    pending: Mutex<HashMap<i64, (i64, DateTime<Utc>)>>,
+}
+
+impl UsageRecorder {
+    /// A recorder writing to `store`.
+    pub fn new(store: TokenStore) -> Self {
+        Self {
+            store,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one use of token row `id` at `at`.
+    pub fn record(&self, id: i64, at: DateTime<Utc>) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = pending.entry(id).or_insert((0, at));
+        entry.0 += 1;
+        entry.1 = entry.1.max(at);
+    }
+
+    /// Writes everything counted so far. On failure the counts are kept for
+    /// the next flush: nothing is lost.
+    pub async fn flush(&self) {
+        let batch: Vec<UsageReport> = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending
+                .drain()
+                .map(|(id, (count, last_use_time))| UsageReport {
+                    id,
+                    count,
+                    last_use_time,
+                })
+                .collect()
+        };
+        if let Err(error) = self.store.record_usage(&batch).await {
+            warn!(error = %error, tokens = batch.len(), "usage flush failed; will retry");
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for report in batch {
+                let entry = pending
+                    .entry(report.id)
+                    .or_insert((0, report.last_use_time));
+                entry.0 += report.count;
+                entry.1 = entry.1.max(report.last_use_time);
+            }
+        }
+    }
+
+    /// Flushes every `interval` until `stop` turns true, then once more.
+    pub fn spawn_flusher(
+        self: &Arc<Self>,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let recorder = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => recorder.flush().await,
+                    _ = stop.changed() => break,
+                }
+            }
+            recorder.flush().await;
+        })
+    }
+}

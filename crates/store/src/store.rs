@@ -1,0 +1,468 @@
+//! [`TokenStore`]: every query the service makes, on SQLite or PostgreSQL.
+
+use std::time::Duration;
+
+use apitoken_domain::{
+    Error, Role, TokenState,
+    filter::{Condition as FilterCondition, Op},
+    hash::SecretHash,
+    name::TokenName,
+};
+use apitoken_migration::{Migrator, MigratorTrait};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::NotSet,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use tracing::{error, warn};
+
+use crate::{
+    entity::{self, Column, Entity},
+    record::{ListQuery, NewToken, TokenChanges, TokenRecord, UsageReport},
+};
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most connections in the pool.
+    pub max_connections: u32,
+    /// How long to wait for a connection (also the connect timeout).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The token repository.
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    db: DatabaseConnection,
+}
+
+/// Maps a database error: connection trouble is `UNAVAILABLE` (retry), the
+/// rest `INTERNAL`; the detail is logged here and never sent to a client.
+fn db_error(error: DbErr) -> Error {
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+            warn!(error = %error, "database unavailable");
+            Error::Unavailable("database unavailable, retry later".to_owned())
+        }
+        other => {
+            error!(error = %other, "database error");
+            Error::Internal
+        }
+    }
+}
+
+/// Adds `mode=rwc` to a SQLite URL without a mode, so the file is created.
+fn with_sqlite_create_mode(url: &str) -> String {
+    if url.starts_with("sqlite:") && !url.contains("mode=") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}mode=rwc")
+    } else {
+        url.to_owned()
+    }
+}
+
+/// A URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl TokenStore {
+    /// Connects to `url` (`sqlite://path.db`, `postgres://…`). A SQLite file
+    /// is created if missing and put in WAL mode.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<TokenStore, Error> {
+        let mut connect = ConnectOptions::new(with_sqlite_create_mode(url));
+        connect
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_timeout(options.acquire_timeout)
+            .sqlx_logging(false);
+        let db = Database::connect(connect).await.map_err(|error| {
+            warn!(url = %redact_url(url), error = %error, "cannot connect to the database");
+            Error::Unavailable(format!(
+                "cannot connect to the database at {}",
+                redact_url(url)
+            ))
+        })?;
+        if db.get_database_backend() == DbBackend::Sqlite {
+            db.execute_unprepared("PRAGMA journal_mode=WAL")
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(TokenStore { db })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        Migrator::up(&self.db, None).await.map_err(db_error)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(db_error)
+    }
+
+    /// The underlying connection (for tests and tooling).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Inserts a token; `ALREADY_EXISTS` if the name is taken.
+    pub async fn insert(&self, token: NewToken) -> Result<TokenRecord, Error> {
+        let name = token.name.to_string();
+        let labels = serde_json::to_string(&token.labels).map_err(|error| {
+            error!(error = %error, "cannot encode labels");
+            Error::Internal
+        })?;
+        let model = entity::ActiveModel {
+            id: NotSet,
+            uid: Set(uuid::Uuid::new_v4().to_string()),
+            namespace: Set(token.name.namespace().as_str().to_owned()),
+            token_id: Set(token.name.token_id().to_owned()),
+            display_name: Set(token.display_name),
+            description: Set(token.description),
+            role: Set(token.role.as_i16()),
+            labels: Set(labels),
+            create_time: Set(token.now),
+            creator: Set(token.creator),
+            expire_time: Set(token.expire_time),
+            revoke_time: Set(None),
+            revoker: Set(None),
+            secret_hash: Set(token.secret_hash.as_bytes().to_vec()),
+            secret_hint: Set(token.secret_hint),
+            last_use_time: Set(None),
+            use_count: Set(0),
+            version: Set(1),
+            update_time: Set(token.now),
+        };
+        match model.insert(&self.db).await {
+            Ok(model) => to_record(model),
+            Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(Error::AlreadyExists(name))
+            }
+            Err(error) => Err(db_error(error)),
+        }
+    }
+
+    /// The token called `name`; `NOT_FOUND` if there is none.
+    pub async fn get(&self, name: &TokenName) -> Result<TokenRecord, Error> {
+        find_by_name(&self.db, name).await
+    }
+
+    /// The token whose current secret hashes to `hash`, if any.
+    pub async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<TokenRecord>, Error> {
+        let model = Entity::find()
+            .filter(Column::SecretHash.eq(hash.as_bytes().to_vec()))
+            .one(&self.db)
+            .await
+            .map_err(db_error)?;
+        let record = model.map(to_record).transpose()?;
+        // The index found it; compare in constant time all the same.
+        Ok(record.filter(|record| record.secret_hash.matches(hash)))
+    }
+
+    /// A page of a namespace's tokens, newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<TokenRecord>, Error> {
+        let mut select = Entity::find().filter(Column::Namespace.eq(query.namespace.as_str()));
+        if !query.include_revoked {
+            select = select.filter(Column::RevokeTime.is_null());
+        }
+        for condition in &query.filter.conditions {
+            select = select.filter(filter_condition(*condition, query.now));
+        }
+        if let Some(before) = query.before_id {
+            select = select.filter(Column::Id.lt(before));
+        }
+        select
+            .order_by_desc(Column::Id)
+            .limit(query.limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// Applies the changes that `decide` computes from the current token, in
+    /// one transaction. `decide` enforces the rules (only lower roles, only
+    /// earlier expiry, etag match); a revoked token is `FAILED_PRECONDITION`;
+    /// a concurrent change in between is `ABORTED`.
+    pub async fn update(
+        &self,
+        name: &TokenName,
+        now: DateTime<Utc>,
+        decide: impl FnOnce(&TokenRecord) -> Result<TokenChanges, Error> + Send,
+    ) -> Result<TokenRecord, Error> {
+        let txn = self.db.begin().await.map_err(db_error)?;
+        let current = find_by_name(&txn, name).await?;
+        if current.revoke_time.is_some() {
+            return Err(revoked_precondition(
+                name,
+                "a revoked token cannot be updated",
+            ));
+        }
+        let changes = decide(&current)?;
+        if changes.is_empty() {
+            return Ok(current);
+        }
+        let mut update = Entity::update_many()
+            .col_expr(Column::Version, Expr::value(current.version + 1))
+            .col_expr(Column::UpdateTime, Expr::value(now))
+            .filter(Column::Id.eq(current.id))
+            .filter(Column::Version.eq(current.version))
+            .filter(Column::RevokeTime.is_null());
+        if let Some(display_name) = changes.display_name {
+            update = update.col_expr(Column::DisplayName, Expr::value(display_name));
+        }
+        if let Some(description) = changes.description {
+            update = update.col_expr(Column::Description, Expr::value(description));
+        }
+        if let Some(labels) = changes.labels {
+            let labels = serde_json::to_string(&labels).map_err(|error| {
+                error!(error = %error, "cannot encode labels");
+                Error::Internal
+            })?;
+            update = update.col_expr(Column::Labels, Expr::value(labels));
+        }
+        if let Some(expire_time) = changes.expire_time {
+            update = update.col_expr(Column::ExpireTime, Expr::value(expire_time));
+        }
+        if let Some(role) = changes.role {
+            update = update.col_expr(Column::Role, Expr::value(role.as_i16()));
+        }
+        let result = update.exec(&txn).await.map_err(db_error)?;
+        if result.rows_affected == 0 {
+            return Err(Error::Aborted(format!(
+                "{name} changed concurrently: read it again and retry"
+            )));
+        }
+        let updated = find_by_name(&txn, name).await?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(updated)
+    }
+
+    /// Replaces the secret of an unrevoked token: the old secret stops
+    /// working with this statement.
+    pub async fn regenerate(
+        &self,
+        name: &TokenName,
+        secret_hash: &SecretHash,
+        secret_hint: String,
+        now: DateTime<Utc>,
+    ) -> Result<TokenRecord, Error> {
+        let result = Entity::update_many()
+            .col_expr(
+                Column::SecretHash,
+                Expr::value(secret_hash.as_bytes().to_vec()),
+            )
+            .col_expr(Column::SecretHint, Expr::value(secret_hint))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .col_expr(Column::UpdateTime, Expr::value(now))
+            .filter(name_condition(name))
+            .filter(Column::RevokeTime.is_null())
+            .exec(&self.db)
+            .await
+            .map_err(db_error)?;
+        if result.rows_affected == 0 {
+            // Either there is no such token (NOT_FOUND) or it is revoked.
+            self.get(name).await?;
+            return Err(revoked_precondition(
+                name,
+                "a revoked token cannot be regenerated: create a new one",
+            ));
+        }
+        self.get(name).await
+    }
+
+    /// Revokes a token, for good. Revoking a revoked token changes nothing
+    /// and returns it as it is.
+    pub async fn revoke(
+        &self,
+        name: &TokenName,
+        revoker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenRecord, Error> {
+        Entity::update_many()
+            .col_expr(Column::RevokeTime, Expr::value(now))
+            .col_expr(Column::Revoker, Expr::value(revoker.to_owned()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .col_expr(Column::UpdateTime, Expr::value(now))
+            .filter(name_condition(name))
+            .filter(Column::RevokeTime.is_null())
+            .exec(&self.db)
+            .await
+            .map_err(db_error)?;
+        self.get(name).await
+    }
+
+    /// Adds batched uses: one transaction, two statements per token.
+    pub async fn record_usage(&self, reports: &[UsageReport]) -> Result<(), Error> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await.map_err(db_error)?;
+        for report in reports {
+            Entity::update_many()
+                .col_expr(
+                    Column::UseCount,
+                    Expr::col(Column::UseCount).add(report.count),
+                )
+                .filter(Column::Id.eq(report.id))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            Entity::update_many()
+                .col_expr(Column::LastUseTime, Expr::value(report.last_use_time))
+                .filter(Column::Id.eq(report.id))
+                .filter(
+                    Condition::any()
+                        .add(Column::LastUseTime.is_null())
+                        .add(Column::LastUseTime.lt(report.last_use_time)),
+                )
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+        }
+        txn.commit().await.map_err(db_error)
+    }
+}
+
+fn revoked_precondition(name: &TokenName, message: &str) -> Error {
+    Error::FailedPrecondition {
+        resource: name.to_string(),
+        kind: "TOKEN_REVOKED",
+        message: message.to_owned(),
+    }
+}
+
+fn name_condition(name: &TokenName) -> Condition {
+    Condition::all()
+        .add(Column::Namespace.eq(name.namespace().as_str()))
+        .add(Column::TokenId.eq(name.token_id()))
+}
+
+async fn find_by_name(db: &impl ConnectionTrait, name: &TokenName) -> Result<TokenRecord, Error> {
+    Entity::find()
+        .filter(name_condition(name))
+        .one(db)
+        .await
+        .map_err(db_error)?
+        .map(to_record)
+        .transpose()?
+        .ok_or_else(|| Error::NotFound(name.to_string()))
+}
+
+fn filter_condition(condition: FilterCondition, now: DateTime<Utc>) -> Condition {
+    let (op, positive) = match condition {
+        FilterCondition::Role(op, role) => {
+            (op, Condition::all().add(Column::Role.eq(role.as_i16())))
+        }
+        FilterCondition::State(op, state) => (op, state_condition(state, now)),
+    };
+    match op {
+        Op::Eq => positive,
+        Op::Ne => positive.not(),
+    }
+}
+
+fn state_condition(state: TokenState, now: DateTime<Utc>) -> Condition {
+    match state {
+        TokenState::Active => Condition::all().add(Column::RevokeTime.is_null()).add(
+            Condition::any()
+                .add(Column::ExpireTime.is_null())
+                .add(Column::ExpireTime.gt(now)),
+        ),
+        TokenState::Expired => Condition::all()
+            .add(Column::RevokeTime.is_null())
+            .add(Column::ExpireTime.lte(now)),
+        TokenState::Revoked => Condition::all().add(Column::RevokeTime.is_not_null()),
+    }
+}
+
+fn to_record(model: entity::Model) -> Result<TokenRecord, Error> {
+    let corrupt = |what: &str| {
+        error!(uid = %model.uid, what, "corrupt api_tokens row");
+        Error::Internal
+    };
+    let role = Role::from_i16(model.role).ok_or_else(|| corrupt("role"))?;
+    let labels = serde_json::from_str(&model.labels).map_err(|_| corrupt("labels"))?;
+    let secret_hash =
+        SecretHash::from_slice(&model.secret_hash).ok_or_else(|| corrupt("secret_hash"))?;
+    Ok(TokenRecord {
+        id: model.id,
+        name: TokenName::from_stored(&model.namespace, &model.token_id),
+        uid: model.uid,
+        display_name: model.display_name,
+        description: model.description,
+        role,
+        labels,
+        create_time: model.create_time,
+        creator: model.creator,
+        expire_time: model.expire_time,
+        revoke_time: model.revoke_time,
+        revoker: model.revoker,
+        secret_hash,
+        secret_hint: model.secret_hint,
+        last_use_time: model.last_use_time,
+        use_count: model.use_count,
+        version: model.version,
+        update_time: model.update_time,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        assert_eq!(
+            with_sqlite_create_mode("sqlite://a.db"),
+            "sqlite://a.db?mode=rwc"
+        );
+        assert_eq!(
+            with_sqlite_create_mode("sqlite://a.db?x=1"),
+            "sqlite://a.db?x=1&mode=rwc"
+        );
+        assert_eq!(
+            with_sqlite_create_mode("sqlite://a.db?mode=ro"),
+            "sqlite://a.db?mode=ro"
+        );
+        assert_eq!(
+            with_sqlite_create_mode("postgres://h/db"),
+            "postgres://h/db"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+}
