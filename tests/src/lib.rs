@@ -1,1 +1,347 @@
-//! placeholder
+//! Harness of the end-to-end tests: the real apitoken server started
+//! in-process on `127.0.0.1:0`, on a fresh SQLite file or a fresh PostgreSQL
+//! database, with a manual clock and a bootstrap owner token; a real tonic
+//! client talks to it.
+//!
+//! PostgreSQL: set `APITOKEN_TEST_POSTGRES_URL` to a server URL whose user may
+//! create databases (e.g. `postgres://postgres:postgres@127.0.0.1:5432/postgres`);
+//! each test gets its own database. Without it the PostgreSQL variants print
+//! that they were skipped, unless `APITOKEN_REQUIRE_POSTGRES=1` (CI), which
+//! makes a missing server a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use apitoken_domain::{
+    Role,
+    clock::{ManualClock, SharedClock},
+};
+use apitoken_proto::v1::{
+    ApiToken, CreateApiTokenRequest, api_token_service_client::ApiTokenServiceClient,
+};
+use apitoken_server::{
+    App, AppConfig,
+    app::StartError,
+    bootstrap::{BootstrapRequest, bootstrap_token},
+};
+use apitoken_store::TokenStore;
+use sea_orm::{ConnectionTrait, Database};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+pub use apitoken_proto::v1;
+
+/// The namespace of the bootstrap owner token.
+pub const NAMESPACE: &str = "team-a";
+/// Another namespace, for isolation tests.
+pub const OTHER_NAMESPACE: &str = "team-b";
+
+/// Where the server keeps its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub backend: Backend,
+    pub clock: Arc<ManualClock>,
+    pub store: TokenStore,
+    /// Secret of the owner token `namespaces/team-a/apitokens/bootstrap-owner`.
+    pub owner: String,
+    /// Secret of an owner token of `team-b`.
+    pub other_owner: String,
+    /// The SQLite file, if SQLite.
+    pub sqlite_path: Option<PathBuf>,
+    pub database_url: String,
+    _dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), StartError>>>,
+}
+
+/// Options for [`TestServer::start_with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub usage_flush_interval: Duration,
+    pub health_check_interval: Duration,
+    pub token_prefix: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            usage_flush_interval: Duration::from_millis(50),
+            health_check_interval: Duration::from_millis(100),
+            token_prefix: None,
+        }
+    }
+}
+
+/// A fresh database URL for `backend`, or `None` when PostgreSQL is not
+/// configured (and not required).
+pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(format!("sqlite://{}", dir.join("apitoken.db").display())),
+        Backend::Postgres => {
+            let Ok(admin_url) = std::env::var("APITOKEN_TEST_POSTGRES_URL") else {
+                assert!(
+                    std::env::var("APITOKEN_REQUIRE_POSTGRES").is_err(),
+                    "APITOKEN_REQUIRE_POSTGRES is set but APITOKEN_TEST_POSTGRES_URL is not"
+                );
+                eprintln!("skipped: PostgreSQL variant (set APITOKEN_TEST_POSTGRES_URL to run it)");
+                return None;
+            };
+            let admin = Database::connect(admin_url.as_str())
+                .await
+                .unwrap_or_else(|err| {
+                    panic!("PostgreSQL at APITOKEN_TEST_POSTGRES_URL is unreachable: {err}")
+                });
+            let name = format!("apitoken_test_{}", uuid::Uuid::new_v4().simple());
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create test database");
+            admin.close().await.ok();
+            let base = admin_url
+                .rsplit_once('/')
+                .map(|(base, _)| base)
+                .expect("URL with a database");
+            Some(format!("{base}/{name}"))
+        }
+    }
+}
+
+impl TestServer {
+    /// Starts a server with default test options.
+    pub async fn start(backend: Backend) -> Option<TestServer> {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    /// Starts a server; `None` if the backend is not available here.
+    pub async fn start_with(backend: Backend, options: Options) -> Option<TestServer> {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database_url = fresh_database(backend, dir.path()).await?;
+        let clock = Arc::new(ManualClock::starting_now());
+        let mut config = AppConfig::new(database_url.clone());
+        config.usage_flush_interval = options.usage_flush_interval;
+        config.health_check_interval = options.health_check_interval;
+        if let Some(prefix) = options.token_prefix {
+            config.token_prefix = prefix;
+        }
+        let shared: SharedClock = clock.clone();
+        let app = App::build(config, shared).await.expect("server builds");
+        let store = app.store().clone();
+        let owner = bootstrap(&app, NAMESPACE, "bootstrap-owner", Role::Owner).await;
+        let other_owner = bootstrap(&app, OTHER_NAMESPACE, "bootstrap-owner", Role::Owner).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Some(TestServer {
+            addr,
+            backend,
+            clock,
+            store,
+            owner,
+            other_owner,
+            sqlite_path: (backend == Backend::Sqlite).then(|| dir.path().join("apitoken.db")),
+            database_url,
+            _dir: dir,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        })
+    }
+
+    /// A client on a new connection.
+    pub async fn client(&self) -> ApiTokenServiceClient<Channel> {
+        ApiTokenServiceClient::new(self.channel().await)
+    }
+
+    /// A new connection.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// Creates a token through the API with the team-a owner; returns it and
+    /// its secret.
+    pub async fn create(&self, id: &str, role: Role) -> (ApiToken, String) {
+        self.create_in(NAMESPACE, &self.owner, id, role).await
+    }
+
+    /// Creates a token in `namespace` with `owner`.
+    pub async fn create_in(
+        &self,
+        namespace: &str,
+        owner: &str,
+        id: &str,
+        role: Role,
+    ) -> (ApiToken, String) {
+        let response = self
+            .client()
+            .await
+            .create_api_token(authed(
+                owner,
+                CreateApiTokenRequest {
+                    parent: format!("namespaces/{namespace}"),
+                    api_token_id: id.to_owned(),
+                    api_token: Some(ApiToken {
+                        role: role.to_proto().into(),
+                        display_name: format!("token {id}"),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("create")
+            .into_inner();
+        (response.api_token.expect("api_token"), response.secret)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.stop_in_place().await;
+    }
+
+    /// Stops the server gracefully, keeping the handle (store, files).
+    pub async fn stop_in_place(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+
+    /// Every byte the database holds, for "never stored in clear" checks:
+    /// the SQLite file and its WAL, or every PostgreSQL row as text.
+    pub async fn database_dump(&self) -> Vec<u8> {
+        match &self.sqlite_path {
+            Some(path) => {
+                let mut bytes = std::fs::read(path).expect("sqlite file");
+                let wal = path.with_extension("db-wal");
+                if let Ok(more) = std::fs::read(wal) {
+                    bytes.extend(more);
+                }
+                bytes
+            }
+            None => {
+                let rows = self
+                    .store
+                    .connection()
+                    .query_all_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Postgres,
+                        "SELECT row_to_json(t)::text AS row FROM api_tokens t",
+                    ))
+                    .await
+                    .expect("dump");
+                rows.iter()
+                    .flat_map(|row| {
+                        row.try_get::<String>("", "row")
+                            .expect("row text")
+                            .into_bytes()
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+async fn bootstrap(app: &App, namespace: &str, id: &str, role: Role) -> String {
+    let request = BootstrapRequest {
+        namespace: namespace.to_owned(),
+        token_id: id.to_owned(),
+        role,
+        ttl: None,
+    };
+    let (_, secret) = bootstrap_token(app.store(), app.format(), app.keys(), app.clock(), &request)
+        .await
+        .expect("bootstrap");
+    secret.expose().to_owned()
+}
+
+/// `message` with `authorization: Bearer <secret>`.
+pub fn authed<T>(secret: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {secret}").parse().expect("ascii metadata"),
+    );
+    request
+}
+
+/// The `google.rpc.ErrorInfo` reason of a status.
+pub fn reason(status: &Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
+}
+
+/// The fields named by the `google.rpc.BadRequest` of a status.
+pub fn bad_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"))
+        .field_violations
+        .into_iter()
+        .map(|violation| violation.field)
+        .collect()
+}
+
+/// A timestamp `seconds` from the server clock's now.
+pub fn in_seconds(server: &TestServer, seconds: i64) -> prost_types::Timestamp {
+    use apitoken_domain::clock::Clock;
+    apitoken_server::convert::timestamp(server.clock.now() + chrono::Duration::seconds(seconds))
+}
+
+/// Runs each listed `async fn(TestServer)` on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(server) = $crate::TestServer::start($crate::Backend::Sqlite).await {
+                        super::$name(server).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(server) = $crate::TestServer::start($crate::Backend::Postgres).await {
+                        super::$name(server).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Logs of the server under test, on standard error (shown for failing
+/// tests). Filter with `APITOKEN_TEST_LOG`; default warnings and errors.
+pub fn init_logs() {
+    let filter = std::env::var("APITOKEN_TEST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}

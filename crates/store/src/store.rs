@@ -205,62 +205,69 @@ impl TokenStore {
             .collect()
     }
 
-    /// Applies the changes that `decide` computes from the current token, in
-    /// one transaction. `decide` enforces the rules (only lower roles, only
-    /// earlier expiry, etag match); a revoked token is `FAILED_PRECONDITION`;
-    /// a concurrent change in between is `ABORTED`.
-    pub async fn update(
+    /// Applies the changes that `decide` computes from the current token.
+    /// `decide` enforces the rules (only lower roles, only earlier expiry,
+    /// etag match); a revoked token is `FAILED_PRECONDITION`.
+    ///
+    /// Optimistic concurrency: the change is one `UPDATE … WHERE version = v`
+    /// (atomic on every backend, no read-to-write lock upgrade that SQLite
+    /// could refuse). If another change lands in between, the token is read
+    /// again and `decide` re-run, a few times, then `ABORTED`.
+    pub async fn update<F>(
         &self,
         name: &TokenName,
         now: DateTime<Utc>,
-        decide: impl FnOnce(&TokenRecord) -> Result<TokenChanges, Error> + Send,
-    ) -> Result<TokenRecord, Error> {
-        let txn = self.db.begin().await.map_err(db_error)?;
-        let current = find_by_name(&txn, name).await?;
-        if current.revoke_time.is_some() {
-            return Err(revoked_precondition(
-                name,
-                "a revoked token cannot be updated",
-            ));
+        decide: F,
+    ) -> Result<TokenRecord, Error>
+    where
+        F: Fn(&TokenRecord) -> Result<TokenChanges, Error> + Send + Sync,
+    {
+        const ATTEMPTS: usize = 3;
+        for _ in 0..ATTEMPTS {
+            let current = find_by_name(&self.db, name).await?;
+            if current.revoke_time.is_some() {
+                return Err(revoked_precondition(
+                    name,
+                    "a revoked token cannot be updated",
+                ));
+            }
+            let changes = decide(&current)?;
+            if changes.is_empty() {
+                return Ok(current);
+            }
+            let mut update = Entity::update_many()
+                .col_expr(Column::Version, Expr::value(current.version + 1))
+                .col_expr(Column::UpdateTime, Expr::value(now))
+                .filter(Column::Id.eq(current.id))
+                .filter(Column::Version.eq(current.version))
+                .filter(Column::RevokeTime.is_null());
+            if let Some(display_name) = changes.display_name {
+                update = update.col_expr(Column::DisplayName, Expr::value(display_name));
+            }
+            if let Some(description) = changes.description {
+                update = update.col_expr(Column::Description, Expr::value(description));
+            }
+            if let Some(labels) = changes.labels {
+                let labels = serde_json::to_string(&labels).map_err(|error| {
+                    error!(error = %error, "cannot encode labels");
+                    Error::Internal
+                })?;
+                update = update.col_expr(Column::Labels, Expr::value(labels));
+            }
+            if let Some(expire_time) = changes.expire_time {
+                update = update.col_expr(Column::ExpireTime, Expr::value(expire_time));
+            }
+            if let Some(role) = changes.role {
+                update = update.col_expr(Column::Role, Expr::value(role.as_i16()));
+            }
+            let result = update.exec(&self.db).await.map_err(db_error)?;
+            if result.rows_affected == 1 {
+                return find_by_name(&self.db, name).await;
+            }
         }
-        let changes = decide(&current)?;
-        if changes.is_empty() {
-            return Ok(current);
-        }
-        let mut update = Entity::update_many()
-            .col_expr(Column::Version, Expr::value(current.version + 1))
-            .col_expr(Column::UpdateTime, Expr::value(now))
-            .filter(Column::Id.eq(current.id))
-            .filter(Column::Version.eq(current.version))
-            .filter(Column::RevokeTime.is_null());
-        if let Some(display_name) = changes.display_name {
-            update = update.col_expr(Column::DisplayName, Expr::value(display_name));
-        }
-        if let Some(description) = changes.description {
-            update = update.col_expr(Column::Description, Expr::value(description));
-        }
-        if let Some(labels) = changes.labels {
-            let labels = serde_json::to_string(&labels).map_err(|error| {
-                error!(error = %error, "cannot encode labels");
-                Error::Internal
-            })?;
-            update = update.col_expr(Column::Labels, Expr::value(labels));
-        }
-        if let Some(expire_time) = changes.expire_time {
-            update = update.col_expr(Column::ExpireTime, Expr::value(expire_time));
-        }
-        if let Some(role) = changes.role {
-            update = update.col_expr(Column::Role, Expr::value(role.as_i16()));
-        }
-        let result = update.exec(&txn).await.map_err(db_error)?;
-        if result.rows_affected == 0 {
-            return Err(Error::Aborted(format!(
-                "{name} changed concurrently: read it again and retry"
-            )));
-        }
-        let updated = find_by_name(&txn, name).await?;
-        txn.commit().await.map_err(db_error)?;
-        Ok(updated)
+        Err(Error::Aborted(format!(
+            "{name} is being changed concurrently: read it again and retry"
+        )))
     }
 
     /// Replaces the secret of an unrevoked token: the old secret stops
