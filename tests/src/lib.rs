@@ -131,6 +131,7 @@ impl TestServer {
         let mut config = AppConfig::new(database_url.clone());
         config.usage_flush_interval = options.usage_flush_interval;
         config.health_check_interval = options.health_check_interval;
+        config.shutdown_grace = Duration::from_millis(500);
         if let Some(prefix) = options.token_prefix {
             config.token_prefix = prefix;
         }

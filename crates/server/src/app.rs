@@ -4,7 +4,9 @@
 //! Health (`grpc.health.v1`): overall (`""`) and `apitoken.v1.ApiTokenService`
 //! are SERVING while the database answers, NOT_SERVING when it does not and
 //! from the moment shutdown begins. Shutdown stops accepting connections,
-//! lets in-flight calls finish, then flushes usage figures.
+//! lets in-flight calls finish (for at most the grace period: long-lived
+//! streams such as health watches would otherwise hold it open forever),
+//! then flushes usage figures.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -42,6 +44,9 @@ pub struct AppConfig {
     pub health_check_interval: Duration,
     /// Apply migrations on start.
     pub migrate: bool,
+    /// How long shutdown waits for in-flight calls (and open streams such as
+    /// health watches) before dropping them.
+    pub shutdown_grace: Duration,
 }
 
 impl AppConfig {
@@ -55,6 +60,7 @@ impl AppConfig {
             usage_flush_interval: Duration::from_secs(1),
             health_check_interval: Duration::from_secs(5),
             migrate: true,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -184,7 +190,9 @@ impl App {
             info!(%address, "serving apitoken.v1.ApiTokenService");
         }
         let shutdown_reporter = reporter.clone();
-        let result = tonic::transport::Server::builder()
+        let mut grace_started = stopping_tx.subscribe();
+        let grace = self.config.shutdown_grace;
+        let server = tonic::transport::Server::builder()
             .trace_fn(|request| info_span!("grpc", method = %request.uri().path()))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -195,8 +203,17 @@ impl App {
                 info!("shutting down: finishing in-flight calls");
                 let _ = stopping_tx.send(true);
                 set_health(&shutdown_reporter, ServingStatus::NotServing).await;
-            })
-            .await;
+            });
+        let result = tokio::select! {
+            result = server => result,
+            () = async {
+                let _ = grace_started.changed().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                warn!(?grace, "shutdown grace period over: dropping the remaining calls");
+                Ok(())
+            }
+        };
         let _ = flush_stop_tx.send(true);
         if flusher.await.is_err() {
             warn!("usage flusher ended abnormally");

@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// How often the database is pinged for the health service.
     #[arg(long, env = "APITOKEN_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub health_check_interval: Duration,
+    /// How long shutdown waits for in-flight calls before dropping them.
+    #[arg(long, env = "APITOKEN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Do not apply migrations on start (run `migrate` once instead).
     #[arg(long, env = "APITOKEN_NO_MIGRATE")]
     pub no_migrate: bool,

@@ -51,6 +51,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         usage_flush_interval: args.usage_flush_interval,
         health_check_interval: args.health_check_interval,
         migrate: !args.no_migrate,
+        shutdown_grace: args.shutdown_grace,
     };
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::build(config, clock).await?;
