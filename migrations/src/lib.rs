@@ -8,6 +8,7 @@ use sea_orm_migration::{MigrationTrait, async_trait};
 pub use sea_orm_migration::{MigratorTrait, sea_orm};
 
 mod m20261123_000001_create_api_tokens;
+mod m20261123_000002_create_api_token_events;
 
 /// Every migration of the product.
 #[derive(Debug)]
@@ -16,6 +17,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_create_api_tokens::Migration)]
+        vec![
+            Box::new(m20261123_000001_create_api_tokens::Migration),
+            Box::new(m20261123_000002_create_api_token_events::Migration),
+        ]
     }
 }

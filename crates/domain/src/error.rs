@@ -139,6 +139,9 @@ pub enum Error {
     /// `ABORTED`: a concurrent change (stale etag).
     #[error("{0}")]
     Aborted(String),
+    /// `OUT_OF_RANGE`: e.g. a stream cursor beyond the end of the log.
+    #[error("{0}")]
+    OutOfRange(String),
     /// `UNAVAILABLE`: a dependency is down; retrying may help.
     #[error("{0}")]
     Unavailable(String),

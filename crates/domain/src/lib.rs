@@ -16,6 +16,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod event;
 pub mod filter;
 pub mod hash;
 pub mod name;

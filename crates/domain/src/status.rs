@@ -50,6 +50,7 @@ impl From<Error> for Status {
                 ErrorDetails::with_precondition_failure_violation(kind, resource, message),
             ),
             Error::Aborted(_) => Status::new(Code::Aborted, message),
+            Error::OutOfRange(_) => Status::new(Code::OutOfRange, message),
             Error::Unavailable(_) => Status::new(Code::Unavailable, message),
             Error::Internal => Status::new(Code::Internal, message),
         }

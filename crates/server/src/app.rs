@@ -25,7 +25,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, info_span, warn};
 
-use crate::{auth::Authenticator, service::ApiTokenService, usage::UsageRecorder};
+use crate::{
+    auth::Authenticator,
+    events::{EventHub, EventTiming},
+    metrics::RequestCounter,
+    service::ApiTokenService,
+    usage::UsageRecorder,
+};
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -47,6 +53,8 @@ pub struct AppConfig {
     /// How long shutdown waits for in-flight calls (and open streams such as
     /// health watches) before dropping them.
     pub shutdown_grace: Duration,
+    /// Event stream timing.
+    pub events: EventTiming,
 }
 
 impl AppConfig {
@@ -61,6 +69,7 @@ impl AppConfig {
             health_check_interval: Duration::from_secs(5),
             migrate: true,
             shutdown_grace: Duration::from_secs(10),
+            events: EventTiming::default(),
         }
     }
 }
@@ -96,6 +105,7 @@ pub struct App {
     keys: Keys,
     clock: SharedClock,
     usage: Arc<UsageRecorder>,
+    requests: RequestCounter,
     config: AppConfig,
 }
 
@@ -115,6 +125,7 @@ impl App {
             keys,
             clock,
             usage,
+            requests: RequestCounter::default(),
             config,
         })
     }
@@ -139,6 +150,11 @@ impl App {
         &self.clock
     }
 
+    /// Requests received, by method.
+    pub fn requests(&self) -> &RequestCounter {
+        &self.requests
+    }
+
     /// Serves on `listener` until `shutdown` completes, then drains in-flight
     /// calls and flushes usage figures.
     pub async fn serve(
@@ -153,12 +169,21 @@ impl App {
             Arc::clone(&self.clock),
             Arc::clone(&self.usage),
         );
+        let (stopping_tx, stopping) = watch::channel(false);
+        let events = Arc::new(EventHub::new(
+            self.store.clone(),
+            Arc::clone(&self.clock),
+            stopping.clone(),
+            self.config.events,
+        ));
+        let sweeper = events.spawn_expiry_sweeper();
         let service = ApiTokenService::new(
             self.store.clone(),
             auth,
             self.format.clone(),
             self.keys.clone(),
             Arc::clone(&self.clock),
+            events,
         );
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -174,7 +199,6 @@ impl App {
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let (stopping_tx, stopping) = watch::channel(false);
         let (flush_stop_tx, flush_stop) = watch::channel(false);
         let flusher = self
             .usage
@@ -194,6 +218,7 @@ impl App {
         let grace = self.config.shutdown_grace;
         let server = tonic::transport::Server::builder()
             .trace_fn(|request| info_span!("grpc", method = %request.uri().path()))
+            .layer(self.requests.clone())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -219,6 +244,7 @@ impl App {
             warn!("usage flusher ended abnormally");
         }
         monitor.abort();
+        sweeper.abort();
         info!("stopped");
         Ok(result?)
     }

@@ -92,7 +92,8 @@ impl Authenticator {
             TokenState::Revoked => Err(Error::Unauthenticated(AuthFailure::Revoked)),
             TokenState::Expired => Err(Error::Unauthenticated(AuthFailure::Expired)),
             TokenState::Active => {
-                self.usage.record(record.id, now);
+                self.usage
+                    .record(record.name.namespace().as_str(), &record.uid, now);
                 Ok(record)
             }
         }

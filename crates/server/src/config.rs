@@ -79,6 +79,15 @@ pub struct ServeArgs {
     /// How often the database is pinged for the health service.
     #[arg(long, env = "APITOKEN_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub health_check_interval: Duration,
+    /// How often event streams look for events committed by other replicas.
+    #[arg(long, env = "APITOKEN_EVENT_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub event_poll_interval: Duration,
+    /// How often a quiet event stream sends a heartbeat.
+    #[arg(long, env = "APITOKEN_EVENT_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub event_heartbeat_interval: Duration,
+    /// How often tokens past their expiry get their `EXPIRED` event.
+    #[arg(long, env = "APITOKEN_EXPIRY_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub expiry_sweep_interval: Duration,
     /// How long shutdown waits for in-flight calls before dropping them.
     #[arg(long, env = "APITOKEN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -6,6 +6,8 @@
 //! - [`auth`]: bearer-token authentication of callers.
 //! - [`convert`]: domain values to and from wire types.
 //! - [`usage`]: batched `last_use_time` / `use_count` writes.
+//! - [`events`]: the token event stream and the expiry sweeper.
+//! - [`metrics`]: per-method request counts.
 //! - [`bootstrap`]: the first owner token, made straight in the database.
 //! - [`telemetry`]: logging setup.
 //!
@@ -17,6 +19,8 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod convert;
+pub mod events;
+pub mod metrics;
 pub mod service;
 pub mod telemetry;
 pub mod usage;

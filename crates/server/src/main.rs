@@ -8,6 +8,7 @@ use apitoken_server::{
     app::StartError,
     bootstrap::{BootstrapRequest, bootstrap_token},
     config::{Cli, Command, DatabaseArgs, ServeArgs},
+    events::EventTiming,
     telemetry,
 };
 use apitoken_store::{StoreOptions, TokenStore};
@@ -52,6 +53,11 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         health_check_interval: args.health_check_interval,
         migrate: !args.no_migrate,
         shutdown_grace: args.shutdown_grace,
+        events: EventTiming {
+            poll_interval: args.event_poll_interval,
+            heartbeat_interval: args.event_heartbeat_interval,
+            expiry_sweep_interval: args.expiry_sweep_interval,
+        },
     };
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::build(config, clock).await?;

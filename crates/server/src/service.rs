@@ -23,7 +23,10 @@ use tracing::info;
 use crate::{
     auth::Authenticator,
     convert::{api_token, from_timestamp, required},
+    events::{EventHub, EventStream},
 };
+use apitoken_store::UsageReport;
+use std::sync::Arc;
 
 /// Default `page_size` of `ListApiTokens`.
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
@@ -47,7 +50,11 @@ pub struct ApiTokenService {
     format: TokenFormat,
     keys: Keys,
     clock: SharedClock,
+    events: Arc<EventHub>,
 }
+
+/// Most usages in one `ReportApiTokenUsage` call.
+pub const MAX_USAGE_REPORTS: usize = 1000;
 
 /// A new secret, ready to be stored (hash and hint) and shown once.
 struct Minted {
@@ -64,6 +71,7 @@ impl ApiTokenService {
         format: TokenFormat,
         keys: Keys,
         clock: SharedClock,
+        events: Arc<EventHub>,
     ) -> Self {
         Self {
             store,
@@ -71,6 +79,7 @@ impl ApiTokenService {
             format,
             keys,
             clock,
+            events,
         }
     }
 
@@ -271,6 +280,7 @@ impl ApiTokenService {
                 changes_for(&token, &paths, current, &caller, now)
             })
             .await?;
+        self.events.appended();
         info!(token = %record.name, fields = ?paths, actor = %caller.name, "token updated");
         Ok(api_token(&record, now))
     }
@@ -296,6 +306,7 @@ impl ApiTokenService {
             .store
             .regenerate(&name, &minted.hash, minted.hint, now)
             .await?;
+        self.events.appended();
         info!(token = %record.name, actor = %caller.name, "token regenerated");
         Ok(v1::RegenerateApiTokenResponse {
             api_token: Some(api_token(&record, now)),
@@ -318,6 +329,7 @@ impl ApiTokenService {
             .store
             .revoke(&name, &caller.name.to_string(), now)
             .await?;
+        self.events.appended();
         info!(token = %record.name, actor = %caller.name, "token revoked");
         Ok(api_token(&record, now))
     }
@@ -335,6 +347,78 @@ impl ApiTokenService {
         };
         Ok(v1::VerifyApiTokenResponse {
             api_token: Some(api_token(&record, self.clock.now())),
+        })
+    }
+}
+
+impl ApiTokenService {
+    async fn watch(
+        &self,
+        request: Request<v1::WatchApiTokenEventsRequest>,
+    ) -> Result<EventStream, Error> {
+        let caller = self.auth.authenticate(&request).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse_parent("parent", &request.parent)?;
+        caller.authorize(namespace.as_str(), Role::Viewer)?;
+        let cursor = self.events.start(request.after_sequence).await?;
+        info!(namespace = %namespace, cursor, watcher = %caller.name, "event stream opened");
+        Ok(self
+            .events
+            .stream(namespace.as_str().to_owned(), cursor, caller.name))
+    }
+
+    async fn report_usage(
+        &self,
+        request: Request<v1::ReportApiTokenUsageRequest>,
+    ) -> Result<v1::ReportApiTokenUsageResponse, Error> {
+        let caller = self.auth.authenticate(&request).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse_parent("parent", &request.parent)?;
+        caller.authorize(namespace.as_str(), Role::Viewer)?;
+        let now = self.clock.now();
+        let mut violations = Violations::default();
+        if request.usages.len() > MAX_USAGE_REPORTS {
+            violations.add(
+                "usages",
+                format!("must have at most {MAX_USAGE_REPORTS} entries"),
+            );
+        }
+        let mut reports = Vec::with_capacity(request.usages.len());
+        for (index, usage) in request.usages.iter().enumerate() {
+            let field = |name: &str| format!("usages[{index}].{name}");
+            if usage.uid.is_empty() {
+                violations.add(field("uid"), "is required");
+            }
+            if usage.use_count < 1 {
+                violations.add(field("use_count"), "must be at least 1");
+            }
+            let last_use_time = match usage
+                .last_use_time
+                .as_ref()
+                .map(|t| from_timestamp(&field("last_use_time"), t))
+            {
+                None => {
+                    violations.add(field("last_use_time"), "is required");
+                    continue;
+                }
+                Some(Err(violation)) => {
+                    violations.check(Err(violation));
+                    continue;
+                }
+                // A reporter's clock may run ahead: never record a use in the future.
+                Some(Ok(time)) => time.min(now),
+            };
+            reports.push(UsageReport {
+                namespace: namespace.as_str().to_owned(),
+                uid: usage.uid.clone(),
+                count: usage.use_count,
+                last_use_time,
+            });
+        }
+        violations.finish()?;
+        let accepted = self.store.record_usage(&reports).await?;
+        Ok(v1::ReportApiTokenUsageResponse {
+            accepted: i32::try_from(accepted).unwrap_or(i32::MAX),
         })
     }
 }
@@ -538,6 +622,22 @@ impl ApiTokenServiceRpc for ApiTokenService {
         request: Request<v1::RevokeApiTokenRequest>,
     ) -> Result<Response<v1::ApiToken>, Status> {
         Ok(Response::new(self.revoke(request).await?))
+    }
+
+    type WatchApiTokenEventsStream = EventStream;
+
+    async fn watch_api_token_events(
+        &self,
+        request: Request<v1::WatchApiTokenEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        Ok(Response::new(self.watch(request).await?))
+    }
+
+    async fn report_api_token_usage(
+        &self,
+        request: Request<v1::ReportApiTokenUsageRequest>,
+    ) -> Result<Response<v1::ReportApiTokenUsageResponse>, Status> {
+        Ok(Response::new(self.report_usage(request).await?))
     }
 
     async fn verify_api_token(

@@ -17,7 +17,7 @@ use tracing::warn;
 #[derive(Debug)]
 pub struct UsageRecorder {
     store: TokenStore,
-    pending: Mutex<HashMap<i64, (i64, DateTime<Utc>)>>,
+    pending: Mutex<HashMap<(String, String), (i64, DateTime<Utc>)>>,
 }
 
 impl UsageRecorder {
@@ -29,10 +29,12 @@ impl UsageRecorder {
         }
     }
 
-    /// Counts one use of token row `id` at `at`.
-    pub fn record(&self, id: i64, at: DateTime<Utc>) {
+    /// Counts one use of the token `uid` of `namespace` at `at`.
+    pub fn record(&self, namespace: &str, uid: &str, at: DateTime<Utc>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = pending.entry(id).or_insert((0, at));
+        let entry = pending
+            .entry((namespace.to_owned(), uid.to_owned()))
+            .or_insert((0, at));
         entry.0 += 1;
         entry.1 = entry.1.max(at);
     }
@@ -44,8 +46,9 @@ impl UsageRecorder {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             pending
                 .drain()
-                .map(|(id, (count, last_use_time))| UsageReport {
-                    id,
+                .map(|((namespace, uid), (count, last_use_time))| UsageReport {
+                    namespace,
+                    uid,
                     count,
                     last_use_time,
                 })
@@ -56,7 +59,7 @@ impl UsageRecorder {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             for report in batch {
                 let entry = pending
-                    .entry(report.id)
+                    .entry((report.namespace, report.uid))
                     .or_insert((0, report.last_use_time));
                 entry.0 += report.count;
                 entry.1 = entry.1.max(report.last_use_time);

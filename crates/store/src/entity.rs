@@ -29,6 +29,7 @@ pub struct Model {
     pub use_count: i64,
     pub version: i64,
     pub update_time: DateTimeUtc,
+    pub expiry_notified: bool,
 }
 
 impl std::fmt::Debug for Model {

@@ -1,7 +1,8 @@
 //! Persistence of apitoken on SQLite (the embedded default) or PostgreSQL
 //! (production, several replicas), through sea-orm.
 //!
-//! - [`entity`]: the sea-orm entity of the `api_tokens` table.
+//! - [`entity`], [`event_entity`]: the sea-orm entities of `api_tokens` and
+//!   `api_token_events`.
 //! - [`record`]: the rows as domain values ([`TokenRecord`]) and what callers
 //!   hand in ([`NewToken`], [`TokenChanges`], [`ListQuery`]).
 //! - [`store`]: [`TokenStore`], every query the service makes. Each write is
@@ -11,8 +12,9 @@
 //! Architecture invariant: only the hash of a secret reaches this crate.
 
 pub mod entity;
+pub mod event_entity;
 pub mod record;
 pub mod store;
 
-pub use record::{ListQuery, NewToken, TokenChanges, TokenRecord, UsageReport};
+pub use record::{EventRecord, ListQuery, NewToken, TokenChanges, TokenRecord, UsageReport};
 pub use store::{StoreOptions, TokenStore};

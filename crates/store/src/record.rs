@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use apitoken_domain::{Role, TokenState, hash::SecretHash, name::TokenName};
+use apitoken_domain::{Role, TokenState, event::EventKind, hash::SecretHash, name::TokenName};
 use chrono::{DateTime, Utc};
 
 /// A stored token.
@@ -123,12 +123,29 @@ pub struct ListQuery {
 }
 
 /// Uses of one token since the last flush.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageReport {
-    /// Row id of the token.
-    pub id: i64,
+    /// Namespace of the token (reports never cross namespaces).
+    pub namespace: String,
+    /// Uid of the token.
+    pub uid: String,
     /// Uses since the last flush.
     pub count: i64,
     /// Latest use.
     pub last_use_time: DateTime<Utc>,
+}
+
+/// A stored token event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The event's sequence.
+    pub sequence: i64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The token's name.
+    pub name: TokenName,
+    /// The token's uid.
+    pub uid: String,
+    /// When.
+    pub event_time: DateTime<Utc>,
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use apitoken_domain::{
     Error, Role, TokenState,
+    event::EventKind,
     filter::{Condition as FilterCondition, Op},
     hash::SecretHash,
     name::TokenName,
@@ -15,15 +16,20 @@ use sea_orm::{
     ActiveValue::NotSet,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use tracing::{error, warn};
 
 use crate::{
     entity::{self, Column, Entity},
-    record::{ListQuery, NewToken, TokenChanges, TokenRecord, UsageReport},
+    event_entity,
+    record::{EventRecord, ListQuery, NewToken, TokenChanges, TokenRecord, UsageReport},
 };
+
+/// Key of the PostgreSQL transaction lock that orders event sequences.
+const EVENT_LOCK_KEY: i64 = 0x6170_6974_6f6b;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -155,6 +161,7 @@ impl TokenStore {
             use_count: Set(0),
             version: Set(1),
             update_time: Set(token.now),
+            expiry_notified: Set(false),
         };
         match model.insert(&self.db).await {
             Ok(model) => to_record(model),
@@ -260,8 +267,11 @@ impl TokenStore {
             if let Some(role) = changes.role {
                 update = update.col_expr(Column::Role, Expr::value(role.as_i16()));
             }
-            let result = update.exec(&self.db).await.map_err(db_error)?;
+            let txn = self.begin_event_write().await?;
+            let result = update.exec(&txn).await.map_err(db_error)?;
             if result.rows_affected == 1 {
+                append_event(&txn, &current, EventKind::Updated, now).await?;
+                txn.commit().await.map_err(db_error)?;
                 return find_by_name(&self.db, name).await;
             }
         }
@@ -271,7 +281,7 @@ impl TokenStore {
     }
 
     /// Replaces the secret of an unrevoked token: the old secret stops
-    /// working with this statement.
+    /// working with this transaction, which also appends the event.
     pub async fn regenerate(
         &self,
         name: &TokenName,
@@ -279,6 +289,7 @@ impl TokenStore {
         secret_hint: String,
         now: DateTime<Utc>,
     ) -> Result<TokenRecord, Error> {
+        let txn = self.begin_event_write().await?;
         let result = Entity::update_many()
             .col_expr(
                 Column::SecretHash,
@@ -289,10 +300,11 @@ impl TokenStore {
             .col_expr(Column::UpdateTime, Expr::value(now))
             .filter(name_condition(name))
             .filter(Column::RevokeTime.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(db_error)?;
         if result.rows_affected == 0 {
+            drop(txn);
             // Either there is no such token (NOT_FOUND) or it is revoked.
             self.get(name).await?;
             return Err(revoked_precondition(
@@ -300,49 +312,158 @@ impl TokenStore {
                 "a revoked token cannot be regenerated: create a new one",
             ));
         }
-        self.get(name).await
+        let record = find_by_name(&txn, name).await?;
+        append_event(&txn, &record, EventKind::Regenerated, now).await?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(record)
     }
 
-    /// Revokes a token, for good. Revoking a revoked token changes nothing
-    /// and returns it as it is.
+    /// Revokes a token, for good, and appends the event in the same
+    /// transaction. Revoking a revoked token changes nothing and returns it
+    /// as it is.
     pub async fn revoke(
         &self,
         name: &TokenName,
         revoker: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenRecord, Error> {
-        Entity::update_many()
+        let txn = self.begin_event_write().await?;
+        let result = Entity::update_many()
             .col_expr(Column::RevokeTime, Expr::value(now))
             .col_expr(Column::Revoker, Expr::value(revoker.to_owned()))
             .col_expr(Column::Version, Expr::col(Column::Version).add(1))
             .col_expr(Column::UpdateTime, Expr::value(now))
             .filter(name_condition(name))
             .filter(Column::RevokeTime.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(db_error)?;
-        self.get(name).await
+        let record = find_by_name(&txn, name).await?;
+        if result.rows_affected == 1 {
+            append_event(&txn, &record, EventKind::Revoked, now).await?;
+        }
+        txn.commit().await.map_err(db_error)?;
+        Ok(record)
+    }
+
+    /// Appends an `Expired` event, exactly once, for every token that reached
+    /// its expiry; returns them. Safe with several replicas sweeping.
+    pub async fn sweep_expired(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<TokenRecord>, Error> {
+        let due: Vec<TokenRecord> = Entity::find()
+            .filter(Column::RevokeTime.is_null())
+            .filter(Column::ExpireTime.lte(now))
+            .filter(Column::ExpiryNotified.eq(false))
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(to_record)
+            .collect::<Result<_, _>>()?;
+        let mut expired = Vec::with_capacity(due.len());
+        for record in due {
+            let txn = self.begin_event_write().await?;
+            let claimed = Entity::update_many()
+                .col_expr(Column::ExpiryNotified, Expr::value(true))
+                .filter(Column::Id.eq(record.id))
+                .filter(Column::ExpiryNotified.eq(false))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            if claimed.rows_affected == 1 {
+                append_event(&txn, &record, EventKind::Expired, now).await?;
+                txn.commit().await.map_err(db_error)?;
+                expired.push(record);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Events of `namespace` after `sequence`, oldest first.
+    pub async fn events_after(
+        &self,
+        namespace: &str,
+        sequence: i64,
+        limit: u64,
+    ) -> Result<Vec<EventRecord>, Error> {
+        event_entity::Entity::find()
+            .filter(event_entity::Column::Namespace.eq(namespace))
+            .filter(event_entity::Column::Id.gt(sequence))
+            .order_by_asc(event_entity::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(|model| {
+                let kind = EventKind::from_i16(model.kind).ok_or_else(|| {
+                    error!(sequence = model.id, "corrupt api_token_events row");
+                    Error::Internal
+                })?;
+                Ok(EventRecord {
+                    sequence: model.id,
+                    kind,
+                    name: TokenName::from_stored(&model.namespace, &model.token_id),
+                    uid: model.uid,
+                    event_time: model.event_time,
+                })
+            })
+            .collect()
+    }
+
+    /// The latest event sequence of all namespaces (0 when there is none).
+    pub async fn last_event_sequence(&self) -> Result<i64, Error> {
+        let last = event_entity::Entity::find()
+            .order_by_desc(event_entity::Column::Id)
+            .one(&self.db)
+            .await
+            .map_err(db_error)?;
+        Ok(last.map_or(0, |event| event.id))
+    }
+
+    /// A transaction for a write that appends an event. On PostgreSQL it
+    /// takes a transaction lock first, so that event sequences commit in
+    /// order (a watcher at sequence n never later sees n - 1 appear).
+    async fn begin_event_write(&self) -> Result<DatabaseTransaction, Error> {
+        let txn = self.db.begin().await.map_err(db_error)?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({EVENT_LOCK_KEY})"))
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(txn)
     }
 
     /// Adds batched uses: one transaction, two statements per token.
-    pub async fn record_usage(&self, reports: &[UsageReport]) -> Result<(), Error> {
+    /// Returns how many reports matched a token of their namespace.
+    pub async fn record_usage(&self, reports: &[UsageReport]) -> Result<u64, Error> {
         if reports.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let mut matched = 0;
         let txn = self.db.begin().await.map_err(db_error)?;
         for report in reports {
-            Entity::update_many()
+            let token = Condition::all()
+                .add(Column::Uid.eq(report.uid.as_str()))
+                .add(Column::Namespace.eq(report.namespace.as_str()));
+            let counted = Entity::update_many()
                 .col_expr(
                     Column::UseCount,
                     Expr::col(Column::UseCount).add(report.count),
                 )
-                .filter(Column::Id.eq(report.id))
+                .filter(token.clone())
                 .exec(&txn)
                 .await
                 .map_err(db_error)?;
+            matched += counted.rows_affected;
             Entity::update_many()
                 .col_expr(Column::LastUseTime, Expr::value(report.last_use_time))
-                .filter(Column::Id.eq(report.id))
+                .filter(token)
                 .filter(
                     Condition::any()
                         .add(Column::LastUseTime.is_null())
@@ -352,8 +473,29 @@ impl TokenStore {
                 .await
                 .map_err(db_error)?;
         }
-        txn.commit().await.map_err(db_error)
+        txn.commit().await.map_err(db_error)?;
+        Ok(matched)
     }
+}
+
+async fn append_event(
+    txn: &DatabaseTransaction,
+    record: &TokenRecord,
+    kind: EventKind,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    event_entity::ActiveModel {
+        id: NotSet,
+        namespace: Set(record.name.namespace().as_str().to_owned()),
+        token_id: Set(record.name.token_id().to_owned()),
+        uid: Set(record.uid.clone()),
+        kind: Set(kind.as_i16()),
+        event_time: Set(now),
+    }
+    .insert(txn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 fn revoked_precondition(name: &TokenName, message: &str) -> Error {

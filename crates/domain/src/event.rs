@@ -1,0 +1,69 @@
+//! Kinds of token events, as stored and as streamed by `WatchApiTokenEvents`.
+
+use apitoken_proto::v1::api_token_event::Kind;
+
+/// What happened to a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Revoked.
+    Revoked,
+    /// Got a new secret.
+    Regenerated,
+    /// Role, expiry or attributes changed.
+    Updated,
+    /// Reached its expiry.
+    Expired,
+}
+
+impl EventKind {
+    /// The number stored in the database (as on the wire).
+    pub fn as_i16(self) -> i16 {
+        match self {
+            EventKind::Revoked => 1,
+            EventKind::Regenerated => 2,
+            EventKind::Updated => 3,
+            EventKind::Expired => 4,
+        }
+    }
+
+    /// The inverse of [`EventKind::as_i16`].
+    pub fn from_i16(value: i16) -> Option<EventKind> {
+        [
+            EventKind::Revoked,
+            EventKind::Regenerated,
+            EventKind::Updated,
+            EventKind::Expired,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_i16() == value)
+    }
+
+    /// The wire enum.
+    pub fn to_proto(self) -> Kind {
+        match self {
+            EventKind::Revoked => Kind::Revoked,
+            EventKind::Regenerated => Kind::Regenerated,
+            EventKind::Updated => Kind::Updated,
+            EventKind::Expired => Kind::Expired,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in [
+            EventKind::Revoked,
+            EventKind::Regenerated,
+            EventKind::Updated,
+            EventKind::Expired,
+        ] {
+            assert_eq!(EventKind::from_i16(kind.as_i16()), Some(kind));
+            assert_eq!(kind.to_proto() as i16, kind.as_i16());
+        }
+        assert_eq!(EventKind::from_i16(0), None);
+    }
+}

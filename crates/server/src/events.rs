@@ -1,0 +1,227 @@
+//! The token event stream (`WatchApiTokenEvents`) and the expiry sweeper.
+//!
+//! Events are rows of `api_token_events`, appended in the same transaction
+//! as the change they describe. A watcher gets the events after its cursor,
+//! then new ones as they commit: it is woken at once by changes made through
+//! this process and polls the database (every `poll_interval`) for changes
+//! made through other replicas. With nothing to send, a heartbeat carrying
+//! the cursor goes out every `heartbeat_interval`, so the watcher can tell a
+//! quiet stream from a dead one. The stream ends with `UNAVAILABLE` when the
+//! server shuts down, and with `UNAUTHENTICATED` when the watcher's own token
+//! stops being valid.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use apitoken_domain::{AuthFailure, Error, TokenState, clock::SharedClock, name::TokenName};
+use apitoken_proto::v1::{ApiTokenEvent, WatchApiTokenEventsResponse};
+use apitoken_store::{EventRecord, TokenStore};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::convert::timestamp;
+
+/// Most events in one stream message.
+const BATCH: u64 = 500;
+
+/// The stream type of `WatchApiTokenEvents`.
+pub type EventStream =
+    Pin<Box<dyn Stream<Item = Result<WatchApiTokenEventsResponse, Status>> + Send>>;
+
+/// Timing of event delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTiming {
+    /// How often watchers look for events committed by other replicas.
+    pub poll_interval: Duration,
+    /// How often a quiet stream sends a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How often expired tokens are looked for.
+    pub expiry_sweep_interval: Duration,
+}
+
+impl Default for EventTiming {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(250),
+            heartbeat_interval: Duration::from_secs(2),
+            expiry_sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Shared by the handlers that append events and the streams that deliver them.
+#[derive(Debug)]
+pub struct EventHub {
+    store: TokenStore,
+    clock: SharedClock,
+    appended: Notify,
+    stopping: watch::Receiver<bool>,
+    timing: EventTiming,
+}
+
+impl EventHub {
+    /// A hub over `store`; streams end when `stopping` turns true.
+    pub fn new(
+        store: TokenStore,
+        clock: SharedClock,
+        stopping: watch::Receiver<bool>,
+        timing: EventTiming,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            appended: Notify::new(),
+            stopping,
+            timing,
+        }
+    }
+
+    /// Wakes the watchers of this process: an event was appended.
+    pub fn appended(&self) {
+        self.appended.notify_waiters();
+    }
+
+    /// Where a new stream starts: after `after_sequence`, or at the end of
+    /// the log for 0. A cursor beyond the end is `OUT_OF_RANGE` (the log was
+    /// reset: the watcher must drop its cache).
+    pub async fn start(&self, after_sequence: i64) -> Result<i64, Error> {
+        if after_sequence < 0 {
+            return Err(Error::invalid("after_sequence", "must not be negative"));
+        }
+        let end = self.store.last_event_sequence().await?;
+        if after_sequence > end {
+            return Err(Error::OutOfRange(format!(
+                "after_sequence {after_sequence} is beyond the end of the event log ({end}): drop cached tokens and start from 0"
+            )));
+        }
+        Ok(if after_sequence == 0 {
+            end
+        } else {
+            after_sequence
+        })
+    }
+
+    /// The stream of `namespace`'s events after `cursor`, for `watcher`.
+    pub fn stream(
+        self: &Arc<Self>,
+        namespace: String,
+        cursor: i64,
+        watcher: TokenName,
+    ) -> EventStream {
+        let (sender, receiver) = mpsc::channel(16);
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(status) = hub.deliver(&namespace, cursor, &watcher, &sender).await {
+                let _ = sender.send(Err(status)).await;
+            }
+        });
+        Box::pin(ReceiverStream::new(receiver))
+    }
+
+    async fn deliver(
+        &self,
+        namespace: &str,
+        mut cursor: i64,
+        watcher: &TokenName,
+        sender: &mpsc::Sender<Result<WatchApiTokenEventsResponse, Status>>,
+    ) -> Result<(), Status> {
+        let mut stopping = self.stopping.clone();
+        let send = |response| async move { sender.send(Ok(response)).await.is_ok() };
+        if !send(heartbeat(cursor)).await {
+            return Ok(());
+        }
+        let mut last_sent = tokio::time::Instant::now();
+        loop {
+            if *stopping.borrow() {
+                return Err(Status::unavailable(
+                    "server shutting down: reconnect with after_sequence",
+                ));
+            }
+            let events = self.store.events_after(namespace, cursor, BATCH).await?;
+            if let Some(last) = events.last() {
+                cursor = last.sequence;
+                let response = WatchApiTokenEventsResponse {
+                    events: events.iter().map(api_token_event).collect(),
+                    sequence: cursor,
+                };
+                if !send(response).await {
+                    return Ok(());
+                }
+                last_sent = tokio::time::Instant::now();
+                continue;
+            }
+            if last_sent.elapsed() >= self.timing.heartbeat_interval {
+                self.check_watcher(watcher).await?;
+                if !send(heartbeat(cursor)).await {
+                    return Ok(());
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                () = self.appended.notified() => {}
+                () = tokio::time::sleep(self.timing.poll_interval) => {}
+                _ = stopping.changed() => {}
+                () = sender.closed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Ends the stream when the watcher's own token is no longer valid.
+    async fn check_watcher(&self, watcher: &TokenName) -> Result<(), Status> {
+        let record = self
+            .store
+            .get(watcher)
+            .await
+            .map_err(|_| Error::Unauthenticated(AuthFailure::Invalid))?;
+        match record.state(self.clock.now()) {
+            TokenState::Active => Ok(()),
+            TokenState::Expired => Err(Error::Unauthenticated(AuthFailure::Expired).into()),
+            TokenState::Revoked => Err(Error::Unauthenticated(AuthFailure::Revoked).into()),
+        }
+    }
+
+    /// Appends `Expired` events for tokens past their expiry, every
+    /// `expiry_sweep_interval`, until `stopping`.
+    pub fn spawn_expiry_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut stopping = hub.stopping.clone();
+            let mut ticker = tokio::time::interval(hub.timing.expiry_sweep_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stopping.changed() => return,
+                }
+                match hub.store.sweep_expired(hub.clock.now(), BATCH).await {
+                    Ok(expired) if !expired.is_empty() => {
+                        for record in &expired {
+                            info!(token = %record.name, "token expired");
+                        }
+                        hub.appended();
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(error = %error, "expiry sweep failed; will retry"),
+                }
+            }
+        })
+    }
+}
+
+fn heartbeat(sequence: i64) -> WatchApiTokenEventsResponse {
+    WatchApiTokenEventsResponse {
+        events: Vec::new(),
+        sequence,
+    }
+}
+
+fn api_token_event(event: &EventRecord) -> ApiTokenEvent {
+    ApiTokenEvent {
+        sequence: event.sequence,
+        kind: event.kind.to_proto().into(),
+        api_token: event.name.to_string(),
+        uid: event.uid.clone(),
+        event_time: Some(timestamp(event.event_time)),
+    }
+}
