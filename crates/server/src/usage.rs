@@ -13,11 +13,16 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tracing::warn;
 
+/// A token: namespace and uid.
+type TokenKey = (String, String);
+/// Uses since the last flush, and the latest of them.
+type Pending = (i64, DateTime<Utc>);
+
 /// Counts uses and flushes them to the store.
 #[derive(Debug)]
 pub struct UsageRecorder {
     store: TokenStore,
-    pending: Mutex<HashMap<(String, String), (i64, DateTime<Utc>)>>,
+    pending: Mutex<HashMap<TokenKey, Pending>>,
 }
 
 impl UsageRecorder {
