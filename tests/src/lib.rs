@@ -24,6 +24,8 @@ use apitoken_server::{
     App, AppConfig,
     app::StartError,
     bootstrap::{BootstrapRequest, bootstrap_token},
+    events::EventTiming,
+    metrics::RequestCounter,
 };
 use apitoken_store::TokenStore;
 use sea_orm::{ConnectionTrait, Database};
@@ -59,6 +61,9 @@ pub struct TestServer {
     /// The SQLite file, if SQLite.
     pub sqlite_path: Option<PathBuf>,
     pub database_url: String,
+    /// Requests the server received, by method.
+    pub requests: RequestCounter,
+    options: Options,
     _dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), StartError>>>,
@@ -70,6 +75,7 @@ pub struct Options {
     pub usage_flush_interval: Duration,
     pub health_check_interval: Duration,
     pub token_prefix: Option<String>,
+    pub events: EventTiming,
 }
 
 impl Default for Options {
@@ -78,6 +84,11 @@ impl Default for Options {
             usage_flush_interval: Duration::from_millis(50),
             health_check_interval: Duration::from_millis(100),
             token_prefix: None,
+            events: EventTiming {
+                poll_interval: Duration::from_millis(100),
+                heartbeat_interval: Duration::from_millis(200),
+                expiry_sweep_interval: Duration::from_millis(100),
+            },
         }
     }
 }
@@ -128,24 +139,14 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let database_url = fresh_database(backend, dir.path()).await?;
         let clock = Arc::new(ManualClock::starting_now());
-        let mut config = AppConfig::new(database_url.clone());
-        config.usage_flush_interval = options.usage_flush_interval;
-        config.health_check_interval = options.health_check_interval;
-        config.shutdown_grace = Duration::from_millis(500);
-        if let Some(prefix) = options.token_prefix {
-            config.token_prefix = prefix;
-        }
-        let shared: SharedClock = clock.clone();
-        let app = App::build(config, shared).await.expect("server builds");
+        let app = build_app(&database_url, &options, &clock).await;
         let store = app.store().clone();
         let owner = bootstrap(&app, NAMESPACE, "bootstrap-owner", Role::Owner).await;
         let other_owner = bootstrap(&app, OTHER_NAMESPACE, "bootstrap-owner", Role::Owner).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let requests = app.requests().clone();
+        let (shutdown, handle) = spawn_app(app, listener);
         Some(TestServer {
             addr,
             backend,
@@ -155,6 +156,8 @@ impl TestServer {
             other_owner,
             sqlite_path: (backend == Backend::Sqlite).then(|| dir.path().join("apitoken.db")),
             database_url,
+            requests,
+            options,
             _dir: dir,
             shutdown: Some(shutdown),
             handle: Some(handle),
@@ -210,6 +213,25 @@ impl TestServer {
         (response.api_token.expect("api_token"), response.secret)
     }
 
+    /// Starts the server again on the same address and database (after
+    /// [`TestServer::stop_in_place`]).
+    pub async fn restart(&mut self) {
+        let app = build_app(&self.database_url, &self.options, &self.clock).await;
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the same address");
+        self.requests = app.requests().clone();
+        let (shutdown, handle) = spawn_app(app, listener);
+        self.shutdown = Some(shutdown);
+        self.handle = Some(handle);
+    }
+
+    /// Calls of `/apitoken.v1.ApiTokenService/<method>` received.
+    pub fn calls(&self, method: &str) -> u64 {
+        self.requests
+            .count(&format!("/apitoken.v1.ApiTokenService/{method}"))
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         self.stop_in_place().await;
@@ -260,6 +282,29 @@ impl TestServer {
             }
         }
     }
+}
+
+async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualClock>) -> App {
+    let mut config = AppConfig::new(database_url);
+    config.usage_flush_interval = options.usage_flush_interval;
+    config.health_check_interval = options.health_check_interval;
+    config.shutdown_grace = Duration::from_millis(500);
+    config.events = options.events;
+    if let Some(prefix) = &options.token_prefix {
+        config.token_prefix = prefix.clone();
+    }
+    let shared: SharedClock = clock.clone();
+    App::build(config, shared).await.expect("server builds")
+}
+
+type ServerTask = JoinHandle<Result<(), StartError>>;
+
+fn spawn_app(app: App, listener: TcpListener) -> (oneshot::Sender<()>, ServerTask) {
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (shutdown, handle)
 }
 
 async fn bootstrap(app: &App, namespace: &str, id: &str, role: Role) -> String {
@@ -345,4 +390,111 @@ pub fn init_logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_test_writer()
         .try_init();
+}
+
+/// The example inventory service, protected by the interceptor, in front of
+/// a [`TestServer`].
+#[derive(Debug)]
+pub struct ExampleService {
+    pub addr: SocketAddr,
+    pub auth: apitoken_interceptor::ApiTokenAuth,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+/// Interceptor settings for tests: short bounds so tests run fast.
+pub fn fast_settings() -> apitoken_interceptor::Settings {
+    apitoken_interceptor::Settings {
+        staleness_bound: Duration::from_secs(2),
+        negative_ttl: Duration::from_millis(200),
+        call_timeout: Duration::from_millis(500),
+        usage_report_interval: Duration::from_millis(100),
+        max_reconnect_backoff: Duration::from_millis(200),
+        ..Default::default()
+    }
+}
+
+impl ExampleService {
+    /// Starts it with a new viewer token of team-a as its credential, and
+    /// waits until its event stream is up.
+    pub async fn start(
+        server: &TestServer,
+        settings: apitoken_interceptor::Settings,
+    ) -> ExampleService {
+        let (_, credential) = server
+            .create(
+                &format!(
+                    "watcher-{}",
+                    uuid::Uuid::new_v4()
+                        .simple()
+                        .to_string()
+                        .get(..8)
+                        .unwrap_or("x")
+                ),
+                Role::Viewer,
+            )
+            .await;
+        let clock: SharedClock = server.clock.clone();
+        let auth = apitoken_example::policy(
+            apitoken_interceptor::ApiTokenAuth::builder()
+                .namespace(NAMESPACE, credential)
+                .settings(settings)
+                .clock(clock),
+        )
+        .connect(format!("http://{}", server.addr))
+        .await
+        .expect("interceptor builds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let serving = auth.clone();
+        let handle = tokio::spawn(async move {
+            apitoken_example::serve(&serving, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let service = ExampleService {
+            addr,
+            auth,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        };
+        service.wait_until_fresh().await;
+        service
+    }
+
+    /// Waits (up to 5 s) until the interceptor's event stream is up.
+    pub async fn wait_until_fresh(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.auth.is_fresh(NAMESPACE) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event stream never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A client of the inventory.
+    pub async fn client(
+        &self,
+    ) -> apitoken_example::pb::inventory_service_client::InventoryServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        apitoken_example::pb::inventory_service_client::InventoryServiceClient::new(channel)
+    }
+
+    /// Stops it.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+    }
 }

@@ -14,8 +14,22 @@
 use std::fmt;
 
 use rand::{TryRng, rngs::SysRng};
+use tonic::metadata::MetadataMap;
 
 use crate::{AuthFailure, Error};
+
+/// The secret of `authorization: Bearer <secret>`: scheme case-insensitive,
+/// surrounding whitespace ignored. The server and the interceptor read
+/// credentials with this one function.
+pub fn bearer_secret(metadata: &MetadataMap) -> Result<Secret, AuthFailure> {
+    let value = metadata.get("authorization").ok_or(AuthFailure::Missing)?;
+    let value = value.to_str().map_err(|_| AuthFailure::Malformed)?.trim();
+    let (scheme, secret) = value.split_once(' ').ok_or(AuthFailure::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::Malformed);
+    }
+    Ok(Secret::new(secret.trim()))
+}
 
 /// Letters and digits, in base62 digit order.
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -294,6 +308,35 @@ mod tests {
             !printed.contains(&secret.expose()["apitoken_".len()..]),
             "{printed}"
         );
+    }
+
+    fn metadata(value: &str) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        map.insert("authorization", value.parse().expect("ascii"));
+        map
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(
+            bearer_secret(&MetadataMap::new()),
+            Err(AuthFailure::Missing)
+        );
+        for (header, secret) in [
+            ("Bearer abc", "abc"),
+            ("bearer   abc ", "abc"),
+            ("BEARER abc", "abc"),
+        ] {
+            assert_eq!(
+                bearer_secret(&metadata(header)).map(|s| s.expose().to_owned()),
+                Ok(secret.to_owned())
+            );
+        }
+        assert_eq!(
+            bearer_secret(&metadata("Basic abc")),
+            Err(AuthFailure::Malformed)
+        );
+        assert_eq!(bearer_secret(&metadata("abc")), Err(AuthFailure::Malformed));
     }
 
     #[test]

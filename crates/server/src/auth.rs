@@ -12,10 +12,10 @@ use apitoken_domain::{
     AuthFailure, Error, Principal, TokenState,
     clock::SharedClock,
     hash::Keys,
-    token::{Secret, TokenFormat},
+    token::{Secret, TokenFormat, bearer_secret},
 };
 use apitoken_store::{TokenRecord, TokenStore};
-use tonic::{Request, metadata::MetadataMap};
+use tonic::Request;
 use tracing::info;
 
 use crate::usage::UsageRecorder;
@@ -28,18 +28,6 @@ pub struct Authenticator {
     keys: Keys,
     clock: SharedClock,
     usage: Arc<UsageRecorder>,
-}
-
-/// The secret of `authorization: Bearer <secret>`: scheme case-insensitive,
-/// surrounding whitespace ignored.
-pub fn bearer_secret(metadata: &MetadataMap) -> Result<Secret, AuthFailure> {
-    let value = metadata.get("authorization").ok_or(AuthFailure::Missing)?;
-    let value = value.to_str().map_err(|_| AuthFailure::Malformed)?.trim();
-    let (scheme, secret) = value.split_once(' ').ok_or(AuthFailure::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthFailure::Malformed);
-    }
-    Ok(Secret::new(secret.trim()))
 }
 
 impl Authenticator {
@@ -107,42 +95,5 @@ pub fn principal(record: &TokenRecord) -> Principal {
         uid: record.uid.clone(),
         role: record.role,
         expire_time: record.expire_time,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tonic::metadata::MetadataValue;
-
-    use super::*;
-
-    fn metadata(value: &str) -> MetadataMap {
-        let mut map = MetadataMap::new();
-        map.insert(
-            "authorization",
-            MetadataValue::try_from(value).expect("ascii"),
-        );
-        map
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(
-            bearer_secret(&MetadataMap::new()),
-            Err(AuthFailure::Missing)
-        );
-        assert_eq!(
-            bearer_secret(&metadata("Bearer abc")).map(|s| s.expose().to_owned()),
-            Ok("abc".to_owned())
-        );
-        assert_eq!(
-            bearer_secret(&metadata("bearer   abc ")).map(|s| s.expose().to_owned()),
-            Ok("abc".to_owned())
-        );
-        assert_eq!(
-            bearer_secret(&metadata("Basic abc")),
-            Err(AuthFailure::Malformed)
-        );
-        assert_eq!(bearer_secret(&metadata("abc")), Err(AuthFailure::Malformed));
     }
 }

@@ -1,0 +1,329 @@
+//! [`ApiTokenAuth`]: the shared state behind every layer, the background
+//! tasks (event streams, usage reports), and the decision made for each call.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use apitoken_domain::{
+    DenyReason, Error, Principal, Role,
+    clock::SharedClock,
+    token::{Secret, TokenFormat, bearer_secret},
+};
+use tokio::{sync::watch, time::Instant};
+use tonic::metadata::MetadataMap;
+
+use crate::{
+    cache::{CacheKey, Entry, TokenCache},
+    config::{AuthBuilder, BuildError, MethodPolicy, Requirement, Settings},
+    layer::ApiTokenLayer,
+    usage::{UsageBatch, report_loop},
+    verifier::{Outcome, Verifier},
+    watcher::{NamespaceWatch, follow},
+};
+
+/// Counters of what the layer did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Calls answered from the cache.
+    pub cache_hits: AtomicU64,
+    /// Remote verifications made (one per secret, however many calls waited).
+    pub verifications: AtomicU64,
+    /// Calls refused without asking apitoken (malformed, cached refusal,
+    /// expired in cache).
+    pub local_refusals: AtomicU64,
+    /// Calls failed closed because apitoken could not answer.
+    pub unavailable: AtomicU64,
+    /// Token events received.
+    pub invalidations: AtomicU64,
+}
+
+/// A copy of [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Calls answered from the cache.
+    pub cache_hits: u64,
+    /// Remote verifications made.
+    pub verifications: u64,
+    /// Calls refused without asking apitoken.
+    pub local_refusals: u64,
+    /// Calls failed closed.
+    pub unavailable: u64,
+    /// Token events received.
+    pub invalidations: u64,
+}
+
+/// State shared by the layers and background tasks of one [`ApiTokenAuth`].
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) format: TokenFormat,
+    pub(crate) policy: MethodPolicy,
+    pub(crate) settings: Settings,
+    pub(crate) clock: SharedClock,
+    pub(crate) cache: TokenCache,
+    pub(crate) verifier: Verifier,
+    pub(crate) namespaces: Vec<NamespaceWatch>,
+    pub(crate) usage: UsageBatch,
+    pub(crate) stats: Stats,
+}
+
+/// Stops the background tasks when the last handle or layer is dropped.
+#[derive(Debug)]
+pub(crate) struct StopOnDrop(pub(crate) watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Authentication against apitoken for a tonic server: build it with
+/// [`ApiTokenAuth::builder`], add [`ApiTokenAuth::layer`] to the server.
+/// Cloning is cheap; clones share cache and background tasks.
+#[derive(Debug, Clone)]
+pub struct ApiTokenAuth {
+    shared: Arc<Shared>,
+    stop: Arc<StopOnDrop>,
+}
+
+/// `message` with `authorization: Bearer <credential>`.
+pub(crate) fn authorized<T>(credential: &Secret, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {}", credential.expose()).parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+impl ApiTokenAuth {
+    /// A builder with the defaults: viewer for every method, health and
+    /// reflection public, prefix `apitoken`.
+    pub fn builder() -> AuthBuilder {
+        AuthBuilder::default()
+    }
+
+    pub(crate) fn start(
+        builder: AuthBuilder,
+        format: TokenFormat,
+        channel: tonic::transport::Channel,
+    ) -> Result<Self, BuildError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| BuildError("ApiTokenAuth needs a Tokio runtime".to_owned()))?;
+        let shared = Arc::new(Shared {
+            format,
+            policy: builder.policy,
+            cache: TokenCache::new(builder.settings.cache_capacity).map_err(BuildError)?,
+            verifier: Verifier::new(channel, builder.settings.call_timeout),
+            namespaces: builder
+                .namespaces
+                .into_iter()
+                .map(|(namespace, credential)| NamespaceWatch::new(namespace, credential))
+                .collect(),
+            settings: builder.settings,
+            clock: builder.clock,
+            usage: UsageBatch::default(),
+            stats: Stats::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        for index in 0..shared.namespaces.len() {
+            runtime.spawn(follow(Arc::clone(&shared), index, stopped.clone()));
+        }
+        runtime.spawn(report_loop(Arc::clone(&shared), stopped));
+        Ok(Self {
+            shared,
+            stop: Arc::new(StopOnDrop(stop)),
+        })
+    }
+
+    /// The tower layer for `tonic::transport::Server::builder().layer(...)`.
+    pub fn layer(&self) -> ApiTokenLayer {
+        ApiTokenLayer::new(Arc::clone(&self.shared), Arc::clone(&self.stop))
+    }
+
+    /// What the layer has done so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        let stats = &self.shared.stats;
+        StatsSnapshot {
+            cache_hits: stats.cache_hits.load(Ordering::Relaxed),
+            verifications: stats.verifications.load(Ordering::Relaxed),
+            local_refusals: stats.local_refusals.load(Ordering::Relaxed),
+            unavailable: stats.unavailable.load(Ordering::Relaxed),
+            invalidations: stats.invalidations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How many tokens are cached.
+    pub fn cached_tokens(&self) -> usize {
+        self.shared.cache.len()
+    }
+
+    /// Whether the event stream of `namespace` is fresh (its cached tokens
+    /// are trusted).
+    pub fn is_fresh(&self, namespace: &str) -> bool {
+        self.shared
+            .namespaces
+            .iter()
+            .find(|watch| watch.namespace() == namespace)
+            .is_some_and(|watch| {
+                watch.is_fresh(Instant::now(), self.shared.settings.staleness_bound)
+            })
+    }
+
+    /// Reports pending usage now (it is also reported periodically and when
+    /// the last handle is dropped).
+    pub async fn flush_usage(&self) {
+        self.shared.report_usage().await;
+    }
+}
+
+impl Shared {
+    fn watch(&self, namespace: &str) -> Option<&NamespaceWatch> {
+        self.namespaces
+            .iter()
+            .find(|watch| watch.namespace() == namespace)
+    }
+
+    /// The decision for one call to `path`: `None` for a public method, the
+    /// caller for an allowed one, the error the caller gets otherwise.
+    pub(crate) async fn authenticate(
+        &self,
+        path: &str,
+        metadata: &MetadataMap,
+    ) -> Result<Option<Principal>, Error> {
+        let required = match self.policy.requirement(path) {
+            Requirement::Public => return Ok(None),
+            Requirement::Role(role) => role,
+        };
+        let local = |error: Error| {
+            self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
+            error
+        };
+        let secret =
+            bearer_secret(metadata).map_err(|failure| local(Error::Unauthenticated(failure)))?;
+        let secret = self.format.parse(secret).map_err(local)?;
+        let key = self.cache.key_for(&secret);
+        let now = Instant::now();
+        if let Some(error) = self.cache.refusal(&key, now) {
+            return Err(local(error));
+        }
+        let principal = match self.cached(&key, now).map_err(local)? {
+            Some(principal) => {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.usage.record(&principal, self.clock.now());
+                principal
+            }
+            None => self.verify(key, &secret, metadata).await?,
+        };
+        self.authorize(&principal, required)?;
+        Ok(Some(principal))
+    }
+
+    /// A cached token that may be trusted: verified within `cache_ttl`, its
+    /// namespace's stream fresh, and not expired (that is refused locally).
+    fn cached(&self, key: &CacheKey, now: Instant) -> Result<Option<Principal>, Error> {
+        let Some(entry) = self.cache.get(key) else {
+            return Ok(None);
+        };
+        let trusted = now.saturating_duration_since(entry.verified_at) < self.settings.cache_ttl
+            && self
+                .watch(entry.principal.namespace())
+                .is_some_and(|watch| watch.is_fresh(now, self.settings.staleness_bound));
+        if !trusted {
+            return Ok(None);
+        }
+        if entry
+            .principal
+            .expire_time
+            .is_some_and(|expiry| expiry <= self.clock.now())
+        {
+            self.cache.remove(key);
+            let error = Error::Unauthenticated(apitoken_domain::AuthFailure::Expired);
+            self.cache
+                .refuse(*key, error.clone(), now + self.settings.negative_ttl, now);
+            return Err(error);
+        }
+        Ok(Some(entry.principal))
+    }
+
+    /// Asks apitoken, caches the answer (unless an event arrived meanwhile).
+    async fn verify(
+        &self,
+        key: CacheKey,
+        secret: &apitoken_domain::token::WellFormed,
+        metadata: &MetadataMap,
+    ) -> Result<Principal, Error> {
+        let generations: Vec<u64> = self
+            .namespaces
+            .iter()
+            .map(NamespaceWatch::generation)
+            .collect();
+        let (outcome, initiated) = self.verifier.verify(key, secret, metadata).await;
+        if initiated {
+            self.stats.verifications.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        match outcome {
+            Outcome::Valid(principal) => {
+                let index = self
+                    .namespaces
+                    .iter()
+                    .position(|watch| watch.namespace() == principal.namespace());
+                match index {
+                    Some(index) if self.namespaces[index].generation() == generations[index] => {
+                        self.cache.insert(
+                            key,
+                            Entry {
+                                principal: principal.clone(),
+                                verified_at: now,
+                            },
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        // Not a namespace of this service: remember the refusal.
+                        let error = namespace_refusal(&principal);
+                        self.cache.refuse(
+                            key,
+                            error.clone(),
+                            now + self.settings.negative_ttl,
+                            now,
+                        );
+                        return Err(error);
+                    }
+                }
+                if !initiated {
+                    // apitoken counted the one call it got; count the others.
+                    self.usage.record(&principal, self.clock.now());
+                }
+                Ok(principal)
+            }
+            Outcome::Refused(error) => {
+                self.cache
+                    .refuse(key, error.clone(), now + self.settings.negative_ttl, now);
+                Err(error)
+            }
+            Outcome::Unavailable(error) => {
+                self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    fn authorize(&self, principal: &Principal, required: Role) -> Result<(), Error> {
+        if self.watch(principal.namespace()).is_none() {
+            return Err(namespace_refusal(principal));
+        }
+        principal.authorize(principal.namespace(), required)
+    }
+}
+
+fn namespace_refusal(principal: &Principal) -> Error {
+    Error::denied(
+        DenyReason::NamespaceMismatch,
+        format!(
+            "tokens of namespace {:?} are not accepted by this service",
+            principal.namespace()
+        ),
+    )
+}

@@ -1,0 +1,273 @@
+//! Configuration: which namespaces are accepted, which role each method
+//! needs, and the timings of cache, verification, event stream and usage
+//! reports. [`AuthBuilder`] collects it and builds an [`ApiTokenAuth`].
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use apitoken_domain::{
+    Role,
+    clock::{SharedClock, SystemClock},
+    name::check_id,
+    token::{Secret, TokenFormat},
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::ApiTokenAuth;
+
+/// What a method needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// No token at all (health checks, reflection).
+    Public,
+    /// A token of an accepted namespace with at least this role.
+    Role(Role),
+}
+
+/// Methods that need no token unless configured otherwise.
+pub const DEFAULT_PUBLIC: [&str; 3] = [
+    "/grpc.health.v1.Health/*",
+    "/grpc.reflection.v1.ServerReflection/*",
+    "/grpc.reflection.v1alpha.ServerReflection/*",
+];
+
+/// The requirement of each method: exact paths (`/pkg.Service/Method`) win
+/// over service wildcards (`/pkg.Service/*`), which win over the default.
+#[derive(Debug, Clone)]
+pub struct MethodPolicy {
+    methods: HashMap<String, Requirement>,
+    services: HashMap<String, Requirement>,
+    default: Requirement,
+}
+
+impl Default for MethodPolicy {
+    fn default() -> Self {
+        let mut policy = Self {
+            methods: HashMap::new(),
+            services: HashMap::new(),
+            default: Requirement::Role(Role::Viewer),
+        };
+        for path in DEFAULT_PUBLIC {
+            policy.set(path, Requirement::Public);
+        }
+        policy
+    }
+}
+
+impl MethodPolicy {
+    /// Sets the requirement of a method or (with `/*`) a whole service.
+    pub fn set(&mut self, pattern: &str, requirement: Requirement) {
+        match pattern.strip_suffix('*') {
+            Some(service) => self.services.insert(service.to_owned(), requirement),
+            None => self.methods.insert(pattern.to_owned(), requirement),
+        };
+    }
+
+    /// The requirement for everything not listed.
+    pub fn set_default(&mut self, requirement: Requirement) {
+        self.default = requirement;
+    }
+
+    /// The requirement of the method at `path`.
+    pub fn requirement(&self, path: &str) -> Requirement {
+        if let Some(requirement) = self.methods.get(path) {
+            return *requirement;
+        }
+        let service = path.rfind('/').map_or(path, |slash| &path[..=slash]);
+        self.services.get(service).copied().unwrap_or(self.default)
+    }
+}
+
+/// Timings and sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Most tokens cached (and, separately, most refusals).
+    pub cache_capacity: usize,
+    /// A cached token is verified again after this long, events or not.
+    pub cache_ttl: Duration,
+    /// How long an unknown, revoked or expired token is refused without
+    /// asking apitoken again.
+    pub negative_ttl: Duration,
+    /// When a namespace's event stream has been silent this long, its cached
+    /// tokens are not trusted: every call is verified.
+    pub staleness_bound: Duration,
+    /// Timeout of every call to apitoken.
+    pub call_timeout: Duration,
+    /// How often uses answered from the cache are reported.
+    pub usage_report_interval: Duration,
+    /// Longest wait between attempts to reopen an event stream.
+    pub max_reconnect_backoff: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 10_000,
+            cache_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(30),
+            staleness_bound: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(2),
+            usage_report_interval: Duration::from_secs(2),
+            max_reconnect_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why an [`ApiTokenAuth`] could not be built.
+#[derive(Debug)]
+pub struct BuildError(pub String);
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Builds an [`ApiTokenAuth`].
+#[derive(Debug)]
+pub struct AuthBuilder {
+    pub(crate) namespaces: Vec<(String, Secret)>,
+    pub(crate) policy: MethodPolicy,
+    pub(crate) settings: Settings,
+    pub(crate) prefix: String,
+    pub(crate) clock: SharedClock,
+}
+
+impl Default for AuthBuilder {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            policy: MethodPolicy::default(),
+            settings: Settings::default(),
+            prefix: apitoken_domain::token::DEFAULT_PREFIX.to_owned(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl AuthBuilder {
+    /// Accepts tokens of `namespace`. `credential` is a token of that
+    /// namespace (a viewer is enough) with which the layer follows the
+    /// namespace's event stream and reports usage.
+    pub fn namespace(mut self, namespace: &str, credential: impl Into<String>) -> Self {
+        self.namespaces
+            .push((namespace.to_owned(), Secret::new(credential)));
+        self
+    }
+
+    /// `pattern` (`/pkg.Service/Method` or `/pkg.Service/*`) needs `role`.
+    pub fn require(mut self, pattern: &str, role: Role) -> Self {
+        self.policy.set(pattern, Requirement::Role(role));
+        self
+    }
+
+    /// `pattern` needs no token.
+    pub fn public(mut self, pattern: &str) -> Self {
+        self.policy.set(pattern, Requirement::Public);
+        self
+    }
+
+    /// Methods not listed need `role` (default: viewer).
+    pub fn default_role(mut self, role: Role) -> Self {
+        self.policy.set_default(Requirement::Role(role));
+        self
+    }
+
+    /// The token prefix of the apitoken deployment (default `apitoken`).
+    pub fn token_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// Timings and sizes.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The clock used for expiry (tests share the server's manual clock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds over a lazily connected channel to `endpoint` (e.g.
+    /// `http://apitoken:50051`): the service starts even while apitoken is
+    /// down, and calls fail closed until it is reachable. Needs a Tokio
+    /// runtime (background tasks are spawned).
+    pub async fn connect(self, endpoint: impl Into<String>) -> Result<ApiTokenAuth, BuildError> {
+        let endpoint: String = endpoint.into();
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|err| BuildError(format!("invalid apitoken endpoint {endpoint:?}: {err}")))?
+            .connect_timeout(self.settings.call_timeout)
+            .connect_lazy();
+        self.build(channel)
+    }
+
+    /// Builds over an existing channel. Needs a Tokio runtime.
+    pub fn build(self, channel: Channel) -> Result<ApiTokenAuth, BuildError> {
+        let format = TokenFormat::new(&self.prefix).map_err(|err| BuildError(err.to_string()))?;
+        if self.namespaces.is_empty() {
+            return Err(BuildError("accept at least one namespace".to_owned()));
+        }
+        for (namespace, credential) in &self.namespaces {
+            check_id("namespace", namespace).map_err(|violation| {
+                BuildError(format!("namespace {namespace:?} {}", violation.description))
+            })?;
+            format.parse(credential.clone()).map_err(|_| {
+                BuildError(format!(
+                    "the credential for namespace {namespace:?} is not a well-formed token"
+                ))
+            })?;
+        }
+        ApiTokenAuth::start(self, format, channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_methods_win_over_services_and_default() {
+        let mut policy = MethodPolicy::default();
+        policy.set("/shop.v1.Shop/*", Requirement::Role(Role::Editor));
+        policy.set("/shop.v1.Shop/Delete", Requirement::Role(Role::Owner));
+        policy.set("/shop.v1.Shop/Ping", Requirement::Public);
+        assert_eq!(
+            policy.requirement("/shop.v1.Shop/Delete"),
+            Requirement::Role(Role::Owner)
+        );
+        assert_eq!(
+            policy.requirement("/shop.v1.Shop/Ping"),
+            Requirement::Public
+        );
+        assert_eq!(
+            policy.requirement("/shop.v1.Shop/List"),
+            Requirement::Role(Role::Editor)
+        );
+        assert_eq!(
+            policy.requirement("/other.v1.Other/Get"),
+            Requirement::Role(Role::Viewer)
+        );
+        assert_eq!(
+            policy.requirement("/grpc.health.v1.Health/Check"),
+            Requirement::Public
+        );
+        assert_eq!(
+            policy.requirement("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Requirement::Public
+        );
+    }
+
+    #[test]
+    fn health_can_be_made_private() {
+        let mut policy = MethodPolicy::default();
+        policy.set("/grpc.health.v1.Health/*", Requirement::Role(Role::Viewer));
+        assert_eq!(
+            policy.requirement("/grpc.health.v1.Health/Check"),
+            Requirement::Role(Role::Viewer)
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Remote verification with `VerifyApiToken`: one call per secret however
+//! many requests carry it at once, a timeout on every call, W3C trace
+//! context passed on, and every failure mapped to what the caller sees.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use apitoken_domain::{AuthFailure, Error, Principal, Role, name::TokenName, token::WellFormed};
+use apitoken_proto::v1::{VerifyApiTokenRequest, api_token_service_client::ApiTokenServiceClient};
+use chrono::DateTime;
+use tokio::sync::OnceCell;
+use tonic::{Code, metadata::MetadataMap, transport::Channel};
+use tonic_types::StatusExt;
+use tracing::warn;
+
+use crate::cache::CacheKey;
+
+/// W3C trace context headers passed from the incoming call to apitoken.
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// What apitoken said of a secret.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Active; this is its token.
+    Valid(Principal),
+    /// Refused (unknown, revoked, expired): the same error the caller gets.
+    Refused(Error),
+    /// apitoken could not answer: the call fails closed.
+    Unavailable(Error),
+}
+
+/// Verifies secrets against apitoken.
+#[derive(Debug)]
+pub struct Verifier {
+    client: ApiTokenServiceClient<Channel>,
+    timeout: Duration,
+    in_flight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>>>,
+}
+
+impl Verifier {
+    /// A verifier over `channel`.
+    pub fn new(channel: Channel, timeout: Duration) -> Self {
+        Self {
+            client: ApiTokenServiceClient::new(channel),
+            timeout,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client on the same channel, for the other calls to apitoken.
+    pub fn client(&self) -> ApiTokenServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Verifies `secret`; concurrent calls with the same key share one
+    /// remote call. The flag tells whether this call made it.
+    pub async fn verify(
+        &self,
+        key: CacheKey,
+        secret: &WellFormed,
+        trace: &MetadataMap,
+    ) -> (Outcome, bool) {
+        let cell = Arc::clone(
+            self.in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key)
+                .or_default(),
+        );
+        let mut initiated = false;
+        let outcome = cell
+            .get_or_init(|| {
+                initiated = true;
+                self.call(secret, trace)
+            })
+            .await
+            .clone();
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if in_flight
+            .get(&key)
+            .is_some_and(|current| Arc::ptr_eq(current, &cell))
+        {
+            in_flight.remove(&key);
+        }
+        (outcome, initiated)
+    }
+
+    async fn call(&self, secret: &WellFormed, trace: &MetadataMap) -> Outcome {
+        let mut request = tonic::Request::new(VerifyApiTokenRequest {
+            secret: secret.secret().expose().to_owned(),
+        });
+        request.set_timeout(self.timeout);
+        for header in TRACE_HEADERS {
+            if let Some(value) = trace.get(header) {
+                request.metadata_mut().insert(header, value.clone());
+            }
+        }
+        let mut client = self.client.clone();
+        match tokio::time::timeout(self.timeout, client.verify_api_token(request)).await {
+            Err(_) => unavailable(format!("apitoken did not answer within {:?}", self.timeout)),
+            Ok(Ok(response)) => match response
+                .into_inner()
+                .api_token
+                .as_ref()
+                .and_then(principal_of)
+            {
+                Some(principal) => Outcome::Valid(principal),
+                None => unavailable("apitoken sent a malformed reply".to_owned()),
+            },
+            Ok(Err(status)) if status.code() == Code::Unauthenticated => {
+                let reason = status.get_details_error_info().map(|info| info.reason);
+                Outcome::Refused(Error::Unauthenticated(
+                    reason
+                        .and_then(|reason| AuthFailure::from_reason(&reason))
+                        .unwrap_or(AuthFailure::Invalid),
+                ))
+            }
+            Ok(Err(status)) => {
+                warn!(code = ?status.code(), message = status.message(), "apitoken verification failed");
+                unavailable(format!("apitoken is unavailable ({:?})", status.code()))
+            }
+        }
+    }
+}
+
+fn unavailable(message: String) -> Outcome {
+    Outcome::Unavailable(Error::Unavailable(message))
+}
+
+/// The principal described by an `ApiToken` reply.
+pub fn principal_of(token: &apitoken_proto::v1::ApiToken) -> Option<Principal> {
+    let expire_time = match &token.expire_time {
+        Some(timestamp) => Some(DateTime::from_timestamp(
+            timestamp.seconds,
+            u32::try_from(timestamp.nanos).ok()?,
+        )?),
+        None => None,
+    };
+    Some(Principal {
+        name: TokenName::parse("name", &token.name).ok()?,
+        uid: token.uid.clone(),
+        role: Role::from_proto(token.role)?,
+        expire_time,
+    })
+}

@@ -1,0 +1,170 @@
+//! Following `WatchApiTokenEvents` for one accepted namespace: every event
+//! drops the affected token from the cache; a fresh start (no cursor, or a
+//! cursor the server no longer knows) drops the whole namespace. The time of
+//! the last message tells whether the namespace's cache may be trusted.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use apitoken_domain::token::Secret;
+use apitoken_proto::v1::WatchApiTokenEventsRequest;
+use tokio::{sync::watch, time::Instant};
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+use crate::auth::{Shared, authorized};
+
+/// First wait before reopening a failed stream.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The event stream of one namespace, as seen by the cache.
+#[derive(Debug)]
+pub struct NamespaceWatch {
+    namespace: String,
+    credential: Secret,
+    last_message: Mutex<Option<Instant>>,
+    generation: AtomicU64,
+    cursor: Mutex<i64>,
+}
+
+impl NamespaceWatch {
+    /// The watch of `namespace`, followed with `credential`.
+    pub fn new(namespace: String, credential: Secret) -> Self {
+        Self {
+            namespace,
+            credential,
+            last_message: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            cursor: Mutex::new(0),
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The credential used for this namespace's calls to apitoken.
+    pub fn credential(&self) -> &Secret {
+        &self.credential
+    }
+
+    /// Whether the stream spoke within `bound` of `now`.
+    pub fn is_fresh(&self, now: Instant, bound: Duration) -> bool {
+        self.last_message
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|last| now.saturating_duration_since(last) < bound)
+    }
+
+    /// Changes whenever cached tokens of this namespace may have become
+    /// stale; a verification that started before a change is not cached.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The last sequence received.
+    pub fn cursor(&self) -> i64 {
+        *self.cursor.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn touch(&self) {
+        *self
+            .last_message
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    fn invalidated(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn set_cursor(&self, cursor: i64) {
+        *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = cursor;
+    }
+}
+
+/// Follows the stream of namespace `index` until `stop`.
+pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::Receiver<bool>) {
+    let Some(watch) = shared.namespaces.get(index) else {
+        return;
+    };
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let cursor = watch.cursor();
+        let request = authorized(
+            watch.credential(),
+            WatchApiTokenEventsRequest {
+                parent: format!("namespaces/{}", watch.namespace()),
+                after_sequence: cursor,
+            },
+        );
+        let mut client = shared.verifier.client();
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(shared.settings.call_timeout, client.watch_api_token_events(request)) => opened,
+            _ = stop.changed() => return,
+        };
+        let failure = match opened {
+            Err(_) => "opening the event stream timed out".to_owned(),
+            Ok(Err(status)) => reset_on(&shared, watch, &status),
+            Ok(Ok(response)) => {
+                let mut stream = response.into_inner();
+                let mut first = true;
+                loop {
+                    let message = tokio::select! {
+                        message = stream.message() => message,
+                        _ = stop.changed() => return,
+                    };
+                    match message {
+                        Ok(Some(message)) => {
+                            if first && cursor == 0 {
+                                // A fresh start: anything cached may predate it.
+                                shared.cache.clear_namespace(watch.namespace());
+                                watch.invalidated();
+                                info!(
+                                    namespace = watch.namespace(),
+                                    sequence = message.sequence,
+                                    "event stream started"
+                                );
+                            }
+                            first = false;
+                            for event in &message.events {
+                                let dropped = shared.cache.invalidate_uid(&event.uid);
+                                watch.invalidated();
+                                shared.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                                debug!(token = %event.api_token, kind = event.kind, dropped, "token event");
+                            }
+                            watch.set_cursor(message.sequence);
+                            watch.touch();
+                            backoff = FIRST_BACKOFF;
+                        }
+                        Ok(None) => break "the event stream ended".to_owned(),
+                        Err(status) => break reset_on(&shared, watch, &status),
+                    }
+                }
+            }
+        };
+        warn!(namespace = watch.namespace(), reason = %failure, retry_in = ?backoff, "event stream down");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(shared.settings.max_reconnect_backoff);
+    }
+}
+
+/// Handles a stream error; on `OUT_OF_RANGE` (the server does not know the
+/// cursor) drops the namespace's cache and starts again from the end.
+fn reset_on(shared: &Shared, watch: &NamespaceWatch, status: &tonic::Status) -> String {
+    if status.code() == Code::OutOfRange {
+        shared.cache.clear_namespace(watch.namespace());
+        watch.invalidated();
+        watch.set_cursor(0);
+    }
+    format!("{:?}: {}", status.code(), status.message())
+}
