@@ -116,9 +116,14 @@ pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::R
                 let mut stream = response.into_inner();
                 let mut first = true;
                 loop {
+                    // A stream silent past the staleness bound is as good as
+                    // dead (heartbeats are far more frequent): reopen it.
                     let message = tokio::select! {
-                        message = stream.message() => message,
+                        message = tokio::time::timeout(shared.settings.staleness_bound, stream.message()) => message,
                         _ = stop.changed() => return,
+                    };
+                    let Ok(message) = message else {
+                        break "the event stream went silent".to_owned();
                     };
                     match message {
                         Ok(Some(message)) => {
