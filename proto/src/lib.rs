@@ -67,6 +67,7 @@ mod tests {
         };
         let request = VerifyApiTokenRequest {
             secret: "apitoken_othersecret".into(),
+            ..Default::default()
         };
         let printed = format!("{response:?} {request:?}");
         assert!(!printed.contains("secretvalue"), "{printed}");

@@ -25,6 +25,7 @@ use apitoken_server::{
     app::StartError,
     bootstrap::{BootstrapRequest, bootstrap_token},
     events::EventTiming,
+    limits::Limits,
     metrics::RequestCounter,
 };
 use apitoken_store::TokenStore;
@@ -76,6 +77,20 @@ pub struct Options {
     pub health_check_interval: Duration,
     pub token_prefix: Option<String>,
     pub events: EventTiming,
+    /// Limits: generous by default (the manual clock never refills a budget
+    /// by itself); rate-limit tests pass the real ones.
+    pub limits: Limits,
+}
+
+/// Limits that tests of other features never reach.
+pub fn generous_limits() -> Limits {
+    Limits {
+        role_rate_limits: [1_000_000; 3],
+        namespace_rate_limit: 1_000_000,
+        failed_auth_per_minute: 1_000_000,
+        token_quota: 10_000,
+        ..Limits::default()
+    }
 }
 
 impl Default for Options {
@@ -89,6 +104,7 @@ impl Default for Options {
                 heartbeat_interval: Duration::from_millis(200),
                 expiry_sweep_interval: Duration::from_millis(100),
             },
+            limits: generous_limits(),
         }
     }
 }
@@ -290,6 +306,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.health_check_interval = options.health_check_interval;
     config.shutdown_grace = Duration::from_millis(500);
     config.events = options.events;
+    config.limits = options.limits.clone();
     if let Some(prefix) = &options.token_prefix {
         config.token_prefix = prefix.clone();
     }
@@ -410,6 +427,7 @@ pub fn fast_settings() -> apitoken_interceptor::Settings {
         call_timeout: Duration::from_millis(500),
         usage_report_interval: Duration::from_millis(100),
         max_reconnect_backoff: Duration::from_millis(200),
+        failed_auth_per_minute: 1_000_000,
         ..Default::default()
     }
 }

@@ -272,6 +272,7 @@ async fn usage_reports_add_uses(server: TestServer) {
         uid: uid.into(),
         use_count,
         last_use_time: Some(in_seconds(&server, 0)),
+        last_use_ip: "192.0.2.10".into(),
     };
     let (_, reporter) = server.create("reporter", Role::Viewer).await;
     let reply = client
@@ -307,6 +308,7 @@ async fn usage_reports_add_uses(server: TestServer) {
                     uid: String::new(),
                     use_count: 0,
                     last_use_time: None,
+                    last_use_ip: "not-an-ip".into(),
                 }],
             },
         ))

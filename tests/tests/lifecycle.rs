@@ -96,6 +96,7 @@ async fn verify_answers_for_a_secret_and_for_the_caller(server: TestServer) {
     let verified = client
         .verify_api_token(VerifyApiTokenRequest {
             secret: secret.clone(),
+            ..Default::default()
         })
         .await
         .expect("verify")
@@ -130,7 +131,10 @@ async fn verify_answers_for_a_secret_and_for_the_caller(server: TestServer) {
         (unknown, "TOKEN_INVALID"),
     ] {
         let status = client
-            .verify_api_token(VerifyApiTokenRequest { secret })
+            .verify_api_token(VerifyApiTokenRequest {
+                secret,
+                ..Default::default()
+            })
             .await
             .expect_err("refused");
         assert_eq!(status.code(), Code::Unauthenticated);
@@ -230,6 +234,7 @@ async fn revoke_is_immediate_final_and_visible(server: TestServer) {
     let without_usage = |token: ApiToken| ApiToken {
         last_use_time: None,
         use_count: 0,
+        last_use_ip: String::new(),
         ..token
     };
     assert_eq!(without_usage(again), without_usage(revoked.clone()));
@@ -715,6 +720,7 @@ async fn custom_token_prefix_is_used(server: TestServer) {
         .await
         .verify_api_token(VerifyApiTokenRequest {
             secret: server.owner.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("foreign prefix");

@@ -67,6 +67,7 @@ async fn secrets_are_shown_once_and_never_stored(server: TestServer) {
         client
             .verify_api_token(VerifyApiTokenRequest {
                 secret: second.clone(),
+                ..Default::default()
             })
             .await
             .expect("verify")
@@ -111,6 +112,7 @@ async fn secrets_are_shown_once_and_never_stored(server: TestServer) {
     let status = client
         .verify_api_token(VerifyApiTokenRequest {
             secret: second.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("revoked");

@@ -139,6 +139,19 @@ pub enum Error {
     /// `ABORTED`: a concurrent change (stale etag).
     #[error("{0}")]
     Aborted(String),
+    /// `RESOURCE_EXHAUSTED`: a rate limit or quota. Carries
+    /// `google.rpc.QuotaFailure` and, when known, `RetryInfo` and the
+    /// `retry-after` header.
+    #[error("{description}")]
+    ResourceExhausted {
+        /// What is exhausted, e.g. `namespaces/team-a/apitokens/ci` or
+        /// `namespaces/team-a`.
+        subject: String,
+        /// A human message naming the limit.
+        description: String,
+        /// When a retry may succeed.
+        retry_after: Option<std::time::Duration>,
+    },
     /// `OUT_OF_RANGE`: e.g. a stream cursor beyond the end of the log.
     #[error("{0}")]
     OutOfRange(String),

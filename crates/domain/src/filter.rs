@@ -1,9 +1,12 @@
 //! The `filter` of `ListApiTokens`: a small subset of AIP-160.
 //!
-//! Grammar: `condition (AND condition)*`, where a condition is
-//! `field op value`, `field` is `role` or `state`, `op` is `=` or `!=`, and
-//! `value` is a role or state in any spelling (`ROLE_EDITOR`, `editor`),
-//! optionally quoted.
+//! Grammar: `condition (AND condition)*`, where a condition is one of
+//! - `role = R`, `role != R`, `state = S`, `state != S` (a role or state in
+//!   any spelling: `ROLE_EDITOR`, `editor`; optionally quoted);
+//! - `unused_days >= N`: not used for N days or more (never-used tokens
+//!   count from their creation), the seeds' "30+ days" check;
+//! - `expires_within_days <= N`: expiring within N days, not yet expired,
+//!   the seeds' 14-day warning.
 
 use crate::{Error, Role, TokenState};
 
@@ -23,6 +26,10 @@ pub enum Condition {
     Role(Op, Role),
     /// On the token's state.
     State(Op, TokenState),
+    /// Not used for at least this many days.
+    UnusedDays(u32),
+    /// Expiring within this many days.
+    ExpiresWithinDays(u32),
 }
 
 /// A parsed filter: every condition must hold.
@@ -45,32 +52,44 @@ impl ListFilter {
                     "expected `field = value` conditions joined by AND",
                 ));
             };
-            let op = match op.as_str() {
-                "=" => Op::Eq,
-                "!=" => Op::Ne,
-                other => {
+            let value = value.trim_matches('"');
+            let condition = match (name.as_str(), op.as_str()) {
+                ("unused_days", ">=") => Condition::UnusedDays(days(field, name, value)?),
+                ("expires_within_days", "<=") => {
+                    Condition::ExpiresWithinDays(days(field, name, value)?)
+                }
+                ("unused_days", _) => {
+                    return Err(Error::invalid(field, "`unused_days` takes `>= N`"));
+                }
+                ("expires_within_days", _) => {
+                    return Err(Error::invalid(field, "`expires_within_days` takes `<= N`"));
+                }
+                ("role" | "state", "=" | "!=") => {
+                    let op = if op == "=" { Op::Eq } else { Op::Ne };
+                    if name == "role" {
+                        let role = Role::parse(value).ok_or_else(|| {
+                            Error::invalid(field, format!("unknown role `{value}`"))
+                        })?;
+                        Condition::Role(op, role)
+                    } else {
+                        let state = TokenState::parse(value).ok_or_else(|| {
+                            Error::invalid(field, format!("unknown state `{value}`"))
+                        })?;
+                        Condition::State(op, state)
+                    }
+                }
+                ("role" | "state", other) => {
                     return Err(Error::invalid(
                         field,
                         format!("unsupported operator `{other}`: use = or !="),
                     ));
                 }
-            };
-            let value = value.trim_matches('"');
-            let condition = match name.as_str() {
-                "role" => Condition::Role(
-                    op,
-                    Role::parse(value)
-                        .ok_or_else(|| Error::invalid(field, format!("unknown role `{value}`")))?,
-                ),
-                "state" => Condition::State(
-                    op,
-                    TokenState::parse(value)
-                        .ok_or_else(|| Error::invalid(field, format!("unknown state `{value}`")))?,
-                ),
-                other => {
+                (other, _) => {
                     return Err(Error::invalid(
                         field,
-                        format!("unknown field `{other}`: filter on role or state"),
+                        format!(
+                            "unknown field `{other}`: filter on role, state, unused_days or expires_within_days"
+                        ),
                     ));
                 }
             };
@@ -92,6 +111,20 @@ impl ListFilter {
     }
 }
 
+/// A number of days (at most 100 years) for the condition on `name`.
+fn days(field: &str, name: &str, value: &str) -> Result<u32, Error> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|days| *days <= 36_500)
+        .ok_or_else(|| {
+            Error::invalid(
+                field,
+                format!("`{name}` needs a number of days, not `{value}`"),
+            )
+        })
+}
+
 fn tokenize(text: &str) -> Result<Vec<String>, &'static str> {
     let mut tokens = Vec::new();
     let mut chars = text.chars().peekable();
@@ -101,6 +134,14 @@ fn tokenize(text: &str) -> Result<Vec<String>, &'static str> {
         } else if c == '=' {
             chars.next();
             tokens.push("=".to_owned());
+        } else if c == '>' || c == '<' {
+            chars.next();
+            let mut op = c.to_string();
+            if chars.peek() == Some(&'=') {
+                chars.next();
+                op.push('=');
+            }
+            tokens.push(op);
         } else if c == '!' {
             chars.next();
             if chars.next() != Some('=') {
@@ -161,6 +202,24 @@ mod tests {
                 .expect("f")
                 .asks_for_revoked()
         );
+    }
+
+    #[test]
+    fn parses_day_conditions() {
+        let filter = ListFilter::parse("filter", "unused_days >= 30 AND expires_within_days <= 14")
+            .expect("filter");
+        assert_eq!(
+            filter.conditions,
+            [Condition::UnusedDays(30), Condition::ExpiresWithinDays(14)]
+        );
+        for bad in [
+            "unused_days = 30",
+            "unused_days >= soon",
+            "expires_within_days >= 14",
+            "unused_days >= -1",
+        ] {
+            assert!(ListFilter::parse("filter", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod hash;
 pub mod name;
 pub mod page;
 pub mod principal;
+pub mod ratelimit;
 pub mod role;
 pub mod state;
 pub mod status;

@@ -50,6 +50,25 @@ impl From<Error> for Status {
                 ErrorDetails::with_precondition_failure_violation(kind, resource, message),
             ),
             Error::Aborted(_) => Status::new(Code::Aborted, message),
+            Error::ResourceExhausted {
+                subject,
+                description,
+                retry_after,
+            } => {
+                let mut details = ErrorDetails::with_quota_failure_violation(subject, description);
+                if let Some(retry_after) = retry_after {
+                    details.set_retry_info(Some(retry_after));
+                }
+                let mut status =
+                    Status::with_error_details(Code::ResourceExhausted, message, details);
+                if let Some(retry_after) = retry_after {
+                    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                    if let Ok(value) = seconds.to_string().parse() {
+                        status.metadata_mut().insert("retry-after", value);
+                    }
+                }
+                status
+            }
             Error::OutOfRange(_) => Status::new(Code::OutOfRange, message),
             Error::Unavailable(_) => Status::new(Code::Unavailable, message),
             Error::Internal => Status::new(Code::Internal, message),
@@ -96,6 +115,29 @@ mod tests {
             .map(|v| v.field)
             .collect();
         assert_eq!(fields, ["a", "b"]);
+    }
+
+    #[test]
+    fn resource_exhausted_carries_quota_retry_info_and_header() {
+        let status = Status::from(Error::ResourceExhausted {
+            subject: "namespaces/a/apitokens/b".into(),
+            description: "rate limit of 60 requests a minute exceeded".into(),
+            retry_after: Some(std::time::Duration::from_millis(1500)),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after")
+                .map(|v| v.to_str().expect("ascii")),
+            Some("2")
+        );
+        let details = status.get_error_details();
+        assert_eq!(
+            details.quota_failure().expect("quota").violations[0].subject,
+            "namespaces/a/apitokens/b"
+        );
+        assert!(details.retry_info().expect("retry").retry_delay.is_some());
     }
 
     #[test]

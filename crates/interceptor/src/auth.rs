@@ -6,20 +6,24 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+use std::net::IpAddr;
+
 use apitoken_domain::{
     DenyReason, Error, Principal, Role,
     clock::SharedClock,
+    ratelimit::{Decision, FailureOutcome, FailureThrottle, RateLimiter, Scope},
     token::{Secret, TokenFormat, bearer_secret},
 };
 use tokio::{sync::watch, time::Instant};
 use tonic::metadata::MetadataMap;
+use tracing::{info, warn};
 
 use crate::{
     cache::{CacheKey, Entry, TokenCache},
     config::{AuthBuilder, BuildError, MethodPolicy, Requirement, Settings},
     layer::ApiTokenLayer,
     usage::{UsageBatch, report_loop},
-    verifier::{Outcome, Verifier},
+    verifier::{Outcome, Verified, Verifier},
     watcher::{NamespaceWatch, follow},
 };
 
@@ -66,6 +70,18 @@ pub(crate) struct Shared {
     pub(crate) namespaces: Vec<NamespaceWatch>,
     pub(crate) usage: UsageBatch,
     pub(crate) stats: Stats,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) throttle: FailureThrottle,
+}
+
+/// The decision for one call, with the rate-limit figures for its headers.
+#[derive(Debug)]
+pub(crate) struct Verdict {
+    /// `None` for a public method, the caller for an allowed one, the error
+    /// the caller gets otherwise.
+    pub(crate) result: Result<Option<Principal>, Error>,
+    /// The rate-limit decision, once the token was known.
+    pub(crate) decision: Option<Decision>,
 }
 
 /// Stops the background tasks when the last handle or layer is dropped.
@@ -121,9 +137,14 @@ impl ApiTokenAuth {
                 .map(|(namespace, credential)| NamespaceWatch::new(namespace, credential))
                 .collect(),
             settings: builder.settings,
-            clock: builder.clock,
+            clock: Arc::clone(&builder.clock),
             usage: UsageBatch::default(),
             stats: Stats::default(),
+            limiter: RateLimiter::new(Arc::clone(&builder.clock)),
+            throttle: FailureThrottle::new(
+                Arc::clone(&builder.clock),
+                builder.settings.failed_auth_per_minute,
+            ),
         });
         let (stop, stopped) = watch::channel(false);
         for index in 0..shared.namespaces.len() {
@@ -184,17 +205,95 @@ impl Shared {
             .find(|watch| watch.namespace() == namespace)
     }
 
-    /// The decision for one call to `path`: `None` for a public method, the
-    /// caller for an allowed one, the error the caller gets otherwise.
+    /// The decision for one call to `path` from `peer`.
     pub(crate) async fn authenticate(
         &self,
         path: &str,
         metadata: &MetadataMap,
-    ) -> Result<Option<Principal>, Error> {
+        peer: Option<IpAddr>,
+    ) -> Verdict {
         let required = match self.policy.requirement(path) {
-            Requirement::Public => return Ok(None),
+            Requirement::Public => {
+                return Verdict {
+                    result: Ok(None),
+                    decision: None,
+                };
+            }
             Requirement::Role(role) => role,
         };
+        if let Some(peer) = peer
+            && let Some(wait) = self.throttle.blocked(peer)
+        {
+            self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
+            let error = Error::ResourceExhausted {
+                subject: format!("peer {peer}"),
+                description: format!(
+                    "too many failed authentications from {peer} (limit {} a minute)",
+                    self.throttle.limit()
+                ),
+                retry_after: Some(wait),
+            };
+            return Verdict {
+                result: Err(error),
+                decision: None,
+            };
+        }
+        let verified = match self.identify(metadata, peer).await {
+            Ok(verified) => verified,
+            Err(error) => {
+                if matches!(error, Error::Unauthenticated(_)) {
+                    self.failed(peer);
+                }
+                return Verdict {
+                    result: Err(error),
+                    decision: None,
+                };
+            }
+        };
+        if let Err(error) = self.authorize(&verified.principal, required) {
+            return Verdict {
+                result: Err(error),
+                decision: None,
+            };
+        }
+        let principal = verified.principal;
+        let namespace = principal.namespace();
+        let decision = self.limiter.check(
+            &principal.uid,
+            verified.token_limit,
+            namespace,
+            verified.namespace_limit,
+        );
+        if !decision.allowed {
+            let subject = match decision.scope {
+                Scope::Token => principal.name.to_string(),
+                Scope::Namespace => format!("namespaces/{namespace}"),
+            };
+            let error = Error::ResourceExhausted {
+                description: format!(
+                    "rate limit of {} requests a minute exceeded for {subject}",
+                    decision.limit
+                ),
+                subject,
+                retry_after: decision.retry_after,
+            };
+            return Verdict {
+                result: Err(error),
+                decision: Some(decision),
+            };
+        }
+        Verdict {
+            result: Ok(Some(principal)),
+            decision: Some(decision),
+        }
+    }
+
+    /// The token behind the call's credentials: from the cache, or verified.
+    async fn identify(
+        &self,
+        metadata: &MetadataMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Verified, Error> {
         let local = |error: Error| {
             self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
             error
@@ -207,21 +306,33 @@ impl Shared {
         if let Some(error) = self.cache.refusal(&key, now) {
             return Err(local(error));
         }
-        let principal = match self.cached(&key, now).map_err(local)? {
-            Some(principal) => {
+        match self.cached(&key, now).map_err(local)? {
+            Some(verified) => {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                self.usage.record(&principal, self.clock.now());
-                principal
+                self.usage.record(
+                    &verified.principal,
+                    self.clock.now(),
+                    peer.map(|ip| ip.to_string()),
+                );
+                Ok(verified)
             }
-            None => self.verify(key, &secret, metadata).await?,
-        };
-        self.authorize(&principal, required)?;
-        Ok(Some(principal))
+            None => self.verify(key, &secret, metadata, peer).await,
+        }
+    }
+
+    /// Counts a failed authentication against `peer`; a burst is logged once.
+    fn failed(&self, peer: Option<IpAddr>) {
+        if let Some(peer) = peer
+            && self.throttle.record_failure(peer) == FailureOutcome::BurstStarted
+        {
+            warn!(%peer, limit_per_minute = self.throttle.limit(), "failed authentication burst: throttling this address");
+        }
+        info!(peer = ?peer, "authentication failed");
     }
 
     /// A cached token that may be trusted: verified within `cache_ttl`, its
     /// namespace's stream fresh, and not expired (that is refused locally).
-    fn cached(&self, key: &CacheKey, now: Instant) -> Result<Option<Principal>, Error> {
+    fn cached(&self, key: &CacheKey, now: Instant) -> Result<Option<Verified>, Error> {
         let Some(entry) = self.cache.get(key) else {
             return Ok(None);
         };
@@ -243,7 +354,11 @@ impl Shared {
                 .refuse(*key, error.clone(), now + self.settings.negative_ttl, now);
             return Err(error);
         }
-        Ok(Some(entry.principal))
+        Ok(Some(Verified {
+            principal: entry.principal,
+            token_limit: entry.token_limit,
+            namespace_limit: entry.namespace_limit,
+        }))
     }
 
     /// Asks apitoken, caches the answer (unless an event arrived meanwhile).
@@ -252,19 +367,21 @@ impl Shared {
         key: CacheKey,
         secret: &apitoken_domain::token::WellFormed,
         metadata: &MetadataMap,
-    ) -> Result<Principal, Error> {
+        peer: Option<IpAddr>,
+    ) -> Result<Verified, Error> {
         let generations: Vec<u64> = self
             .namespaces
             .iter()
             .map(NamespaceWatch::generation)
             .collect();
-        let (outcome, initiated) = self.verifier.verify(key, secret, metadata).await;
+        let (outcome, initiated) = self.verifier.verify(key, secret, metadata, peer).await;
         if initiated {
             self.stats.verifications.fetch_add(1, Ordering::Relaxed);
         }
         let now = Instant::now();
         match outcome {
-            Outcome::Valid(principal) => {
+            Outcome::Valid(verified) => {
+                let principal = &verified.principal;
                 let index = self
                     .namespaces
                     .iter()
@@ -275,6 +392,8 @@ impl Shared {
                             key,
                             Entry {
                                 principal: principal.clone(),
+                                token_limit: verified.token_limit,
+                                namespace_limit: verified.namespace_limit,
                                 verified_at: now,
                             },
                         );
@@ -282,7 +401,7 @@ impl Shared {
                     Some(_) => {}
                     None => {
                         // Not a namespace of this service: remember the refusal.
-                        let error = namespace_refusal(&principal);
+                        let error = namespace_refusal(principal);
                         self.cache.refuse(
                             key,
                             error.clone(),
@@ -294,9 +413,10 @@ impl Shared {
                 }
                 if !initiated {
                     // apitoken counted the one call it got; count the others.
-                    self.usage.record(&principal, self.clock.now());
+                    self.usage
+                        .record(principal, self.clock.now(), peer.map(|ip| ip.to_string()));
                 }
-                Ok(principal)
+                Ok(verified)
             }
             Outcome::Refused(error) => {
                 self.cache

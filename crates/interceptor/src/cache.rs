@@ -19,6 +19,10 @@ pub type CacheKey = [u8; 32];
 pub struct Entry {
     /// The token.
     pub principal: Principal,
+    /// Its rate limit, requests a minute.
+    pub token_limit: u32,
+    /// Its namespace's aggregate limit, requests a minute.
+    pub namespace_limit: u32,
     /// When apitoken last confirmed it.
     pub verified_at: Instant,
 }
@@ -203,6 +207,8 @@ mod tests {
             cache.insert(
                 *key,
                 Entry {
+                    token_limit: 1,
+                    namespace_limit: 1,
                     principal: principal(&format!("uid-{i}"), "ns"),
                     verified_at: start + Duration::from_secs(i as u64),
                 },
@@ -221,6 +227,8 @@ mod tests {
         cache.insert(
             a,
             Entry {
+                token_limit: 1,
+                namespace_limit: 1,
                 principal: principal("one", "ns-a"),
                 verified_at: now,
             },
@@ -228,6 +236,8 @@ mod tests {
         cache.insert(
             b,
             Entry {
+                token_limit: 1,
+                namespace_limit: 1,
                 principal: principal("one", "ns-a"),
                 verified_at: now,
             },
@@ -235,6 +245,8 @@ mod tests {
         cache.insert(
             c,
             Entry {
+                token_limit: 1,
+                namespace_limit: 1,
                 principal: principal("two", "ns-b"),
                 verified_at: now,
             },

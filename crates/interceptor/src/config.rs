@@ -96,6 +96,9 @@ pub struct Settings {
     pub usage_report_interval: Duration,
     /// Longest wait between attempts to reopen an event stream.
     pub max_reconnect_backoff: Duration,
+    /// Failed authentications a minute per peer address; past it the peer
+    /// is refused (`RESOURCE_EXHAUSTED`) before any check.
+    pub failed_auth_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -108,6 +111,7 @@ impl Default for Settings {
             call_timeout: Duration::from_secs(2),
             usage_report_interval: Duration::from_secs(2),
             max_reconnect_backoff: Duration::from_secs(2),
+            failed_auth_per_minute: 20,
         }
     }
 }

@@ -11,8 +11,9 @@ use std::{
     task::{Context, Poll},
 };
 
+use apitoken_domain::ratelimit::Decision;
 use apitoken_domain::{Error, Principal};
-use tonic::{Status, metadata::MetadataMap};
+use tonic::{Status, metadata::MetadataMap, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 use tracing::{Instrument, field::Empty, info_span};
 
@@ -72,7 +73,22 @@ fn outcome(result: &Result<Option<Principal>, Error>) -> &'static str {
         Err(Error::Unauthenticated(failure)) => failure.reason(),
         Err(Error::PermissionDenied { reason, .. }) => reason.reason(),
         Err(Error::Unavailable(_)) => "UNAVAILABLE",
+        Err(Error::ResourceExhausted { .. }) => "RESOURCE_EXHAUSTED",
         Err(_) => "ERROR",
+    }
+}
+
+/// Adds `x-ratelimit-limit`, `x-ratelimit-remaining` and
+/// `x-ratelimit-reset` (Unix seconds), as the apitoken server does.
+fn add_rate_headers(headers: &mut http::HeaderMap, decision: &Decision) {
+    for (name, value) in [
+        ("x-ratelimit-limit", decision.limit.to_string()),
+        ("x-ratelimit-remaining", decision.remaining.to_string()),
+        ("x-ratelimit-reset", decision.reset_unix.to_string()),
+    ] {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
     }
 }
 
@@ -99,22 +115,31 @@ where
         Box::pin(async move {
             let path = request.uri().path().to_owned();
             let metadata = relevant_metadata(request.headers());
+            let peer = request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map(|addr| addr.ip());
             let span =
                 info_span!("apitoken.authenticate", method = %path, token = Empty, outcome = Empty);
-            let result = shared
-                .authenticate(&path, &metadata)
+            let verdict = shared
+                .authenticate(&path, &metadata, peer)
                 .instrument(span.clone())
                 .await;
-            span.record("outcome", outcome(&result));
-            match result {
+            span.record("outcome", outcome(&verdict.result));
+            let mut response = match verdict.result {
                 Ok(Some(principal)) => {
                     span.record("token", principal.name.to_string());
                     request.extensions_mut().insert(principal);
-                    inner.call(request).await
+                    inner.call(request).await?
                 }
-                Ok(None) => inner.call(request).await,
-                Err(error) => Ok(Status::from(error).into_http()),
+                Ok(None) => inner.call(request).await?,
+                Err(error) => Status::from(error).into_http(),
+            };
+            if let Some(decision) = &verdict.decision {
+                add_rate_headers(response.headers_mut(), decision);
             }
+            Ok(response)
         })
     }
 }

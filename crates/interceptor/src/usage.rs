@@ -15,8 +15,8 @@ use tracing::warn;
 
 use crate::auth::{Shared, authorized};
 
-/// Uses per token uid: how many, and the latest.
-type Uses = HashMap<String, (i64, DateTime<Utc>)>;
+/// Uses per token uid: how many, the latest, and its caller's address.
+type Uses = HashMap<String, (i64, DateTime<Utc>, Option<String>)>;
 
 /// Uses per namespace and token since the last report.
 #[derive(Debug, Default)]
@@ -25,20 +25,25 @@ pub struct UsageBatch {
 }
 
 impl UsageBatch {
-    /// Counts one use of `principal` at `at`.
-    pub fn record(&self, principal: &Principal, at: DateTime<Utc>) {
-        self.add(principal.namespace(), &principal.uid, 1, at);
+    /// Counts one use of `principal` at `at` by `ip`.
+    pub fn record(&self, principal: &Principal, at: DateTime<Utc>, ip: Option<String>) {
+        self.add(principal.namespace(), &principal.uid, 1, at, ip);
     }
 
-    fn add(&self, namespace: &str, uid: &str, count: i64, at: DateTime<Utc>) {
+    fn add(&self, namespace: &str, uid: &str, count: i64, at: DateTime<Utc>, ip: Option<String>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = pending
             .entry(namespace.to_owned())
             .or_default()
             .entry(uid.to_owned())
-            .or_insert((0, at));
+            .or_insert((0, at, None));
         entry.0 += count;
-        entry.1 = entry.1.max(at);
+        if at >= entry.1 {
+            entry.1 = at;
+            if ip.is_some() {
+                entry.2 = ip;
+            }
+        }
     }
 
     fn take(&self, namespace: &str) -> Uses {
@@ -60,13 +65,14 @@ impl Shared {
             }
             let usages = pending
                 .iter()
-                .map(|(uid, (count, last))| ApiTokenUsage {
+                .map(|(uid, (count, last, ip))| ApiTokenUsage {
                     uid: uid.clone(),
                     use_count: *count,
                     last_use_time: Some(apitoken_proto::prost_types::Timestamp {
                         seconds: last.timestamp(),
                         nanos: i32::try_from(last.timestamp_subsec_nanos()).unwrap_or(0),
                     }),
+                    last_use_ip: ip.clone().unwrap_or_default(),
                 })
                 .collect();
             let mut request = authorized(
@@ -89,8 +95,8 @@ impl Shared {
                     tokens = pending.len(),
                     "usage report failed; will retry"
                 );
-                for (uid, (count, last)) in pending {
-                    self.usage.add(watch.namespace(), &uid, count, last);
+                for (uid, (count, last, ip)) in pending {
+                    self.usage.add(watch.namespace(), &uid, count, last, ip);
                 }
             }
         }

@@ -21,11 +21,22 @@ use crate::cache::CacheKey;
 /// W3C trace context headers passed from the incoming call to apitoken.
 pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
+/// A token apitoken vouched for, with the limits it enforces on it.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The token.
+    pub principal: Principal,
+    /// Its rate limit, requests a minute.
+    pub token_limit: u32,
+    /// Its namespace's aggregate limit, requests a minute.
+    pub namespace_limit: u32,
+}
+
 /// What apitoken said of a secret.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Active; this is its token.
-    Valid(Principal),
+    Valid(Verified),
     /// Refused (unknown, revoked, expired): the same error the caller gets.
     Refused(Error),
     /// apitoken could not answer: the call fails closed.
@@ -62,6 +73,7 @@ impl Verifier {
         key: CacheKey,
         secret: &WellFormed,
         trace: &MetadataMap,
+        caller: Option<std::net::IpAddr>,
     ) -> (Outcome, bool) {
         let cell = Arc::clone(
             self.in_flight
@@ -74,7 +86,7 @@ impl Verifier {
         let outcome = cell
             .get_or_init(|| {
                 initiated = true;
-                self.call(secret, trace)
+                self.call(secret, trace, caller)
             })
             .await
             .clone();
@@ -91,9 +103,15 @@ impl Verifier {
         (outcome, initiated)
     }
 
-    async fn call(&self, secret: &WellFormed, trace: &MetadataMap) -> Outcome {
+    async fn call(
+        &self,
+        secret: &WellFormed,
+        trace: &MetadataMap,
+        caller: Option<std::net::IpAddr>,
+    ) -> Outcome {
         let mut request = tonic::Request::new(VerifyApiTokenRequest {
             secret: secret.secret().expose().to_owned(),
+            caller_address: caller.map(|ip| ip.to_string()).unwrap_or_default(),
         });
         request.set_timeout(self.timeout);
         for header in TRACE_HEADERS {
@@ -104,15 +122,24 @@ impl Verifier {
         let mut client = self.client.clone();
         match tokio::time::timeout(self.timeout, client.verify_api_token(request)).await {
             Err(_) => unavailable(format!("apitoken did not answer within {:?}", self.timeout)),
-            Ok(Ok(response)) => match response
-                .into_inner()
-                .api_token
-                .as_ref()
-                .and_then(principal_of)
-            {
-                Some(principal) => Outcome::Valid(principal),
-                None => unavailable("apitoken sent a malformed reply".to_owned()),
-            },
+            Ok(Ok(response)) => {
+                let reply = response.into_inner();
+                let verified = reply.api_token.as_ref().and_then(|token| {
+                    Some(Verified {
+                        principal: principal_of(token)?,
+                        token_limit: u32::try_from(token.rate_limit)
+                            .ok()
+                            .filter(|limit| *limit > 0)?,
+                        namespace_limit: u32::try_from(reply.namespace_rate_limit)
+                            .ok()
+                            .filter(|limit| *limit > 0)?,
+                    })
+                });
+                match verified {
+                    Some(verified) => Outcome::Valid(verified),
+                    None => unavailable("apitoken sent a malformed reply".to_owned()),
+                }
+            }
             Ok(Err(status)) if status.code() == Code::Unauthenticated => {
                 let reason = status.get_details_error_info().map(|info| info.reason);
                 Outcome::Refused(Error::Unauthenticated(

@@ -28,6 +28,7 @@ use tracing::{info, info_span, warn};
 use crate::{
     auth::Authenticator,
     events::{EventHub, EventTiming},
+    limits::Limits,
     metrics::RequestCounter,
     service::ApiTokenService,
     usage::UsageRecorder,
@@ -55,6 +56,8 @@ pub struct AppConfig {
     pub shutdown_grace: Duration,
     /// Event stream timing.
     pub events: EventTiming,
+    /// Rate limits and quotas.
+    pub limits: Limits,
 }
 
 impl AppConfig {
@@ -70,6 +73,7 @@ impl AppConfig {
             migrate: true,
             shutdown_grace: Duration::from_secs(10),
             events: EventTiming::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -168,6 +172,7 @@ impl App {
             self.keys.clone(),
             Arc::clone(&self.clock),
             Arc::clone(&self.usage),
+            Arc::new(self.config.limits.clone()),
         );
         let (stopping_tx, stopping) = watch::channel(false);
         let events = Arc::new(EventHub::new(

@@ -50,18 +50,23 @@ pub async fn bootstrap_token(
     let secret = format.generate()?;
     let well_formed = format.parse(secret.clone())?;
     let record = store
-        .insert(NewToken {
-            name,
-            display_name: "Bootstrap token".to_owned(),
-            description: "Created by apitoken-server bootstrap".to_owned(),
-            role: request.role,
-            labels: Default::default(),
-            creator: BOOTSTRAP_PRINCIPAL.to_owned(),
-            expire_time,
-            secret_hash: keys.hash_secret(&well_formed),
-            secret_hint: format.hint(&well_formed),
-            now,
-        })
+        .insert(
+            NewToken {
+                name,
+                display_name: "Bootstrap token".to_owned(),
+                description: "Created by apitoken-server bootstrap".to_owned(),
+                role: request.role,
+                labels: Default::default(),
+                creator: BOOTSTRAP_PRINCIPAL.to_owned(),
+                expire_time,
+                secret_hash: keys.hash_secret(&well_formed),
+                secret_hint: format.hint(&well_formed),
+                rate_limit: None,
+                now,
+            },
+            // The escape hatch is not bound by the quota.
+            None,
+        )
         .await?;
     info!(token = %record.name, role = %record.role, "bootstrap token created");
     Ok((record, secret))

@@ -88,6 +88,24 @@ pub struct ServeArgs {
     /// How often tokens past their expiry get their `EXPIRED` event.
     #[arg(long, env = "APITOKEN_EXPIRY_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub expiry_sweep_interval: Duration,
+    /// Requests a minute per token by role, unless the token has its own.
+    #[arg(long, env = "APITOKEN_ROLE_RATE_LIMITS", default_value = "viewer=120,editor=60,owner=30", value_parser = parse_role_limits)]
+    pub role_rate_limits: RoleLimits,
+    /// Aggregate requests a minute per namespace.
+    #[arg(long, env = "APITOKEN_NAMESPACE_RATE_LIMIT", default_value_t = 1000)]
+    pub namespace_rate_limit: u32,
+    /// Per-namespace aggregates, e.g. `payments=5000,sandbox=100`.
+    #[arg(long, env = "APITOKEN_NAMESPACE_RATE_LIMITS", default_value = "", value_parser = parse_namespace_map)]
+    pub namespace_rate_limits: NamespaceMap,
+    /// Most active tokens per namespace.
+    #[arg(long, env = "APITOKEN_TOKEN_QUOTA", default_value_t = 50)]
+    pub token_quota: u32,
+    /// Per-namespace token quotas, e.g. `payments=200`.
+    #[arg(long, env = "APITOKEN_TOKEN_QUOTAS", default_value = "", value_parser = parse_namespace_map)]
+    pub token_quotas: NamespaceMap,
+    /// Failed authentications a minute per peer address before it is refused.
+    #[arg(long, env = "APITOKEN_FAILED_AUTH_LIMIT", default_value_t = 20)]
+    pub failed_auth_limit: u32,
     /// How long shutdown waits for in-flight calls before dropping them.
     #[arg(long, env = "APITOKEN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -141,6 +159,59 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     .ok_or_else(|| format!("`{text}` is not a duration like 500ms, 30s, 5m, 12h or 30d"))
 }
 
+/// Requests a minute for viewer, editor and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleLimits(pub [u32; 3]);
+
+/// `namespace=number` pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceMap(pub std::collections::HashMap<String, u32>);
+
+/// Parses `viewer=120,editor=60,owner=30` (every role, positive numbers).
+pub fn parse_role_limits(text: &str) -> Result<RoleLimits, String> {
+    let pairs = parse_pairs(text)?;
+    let mut limits = [0u32; 3];
+    for (key, value) in pairs {
+        let role = Role::parse(&key).ok_or_else(|| format!("`{key}` is not a role"))?;
+        limits[usize::from(role.as_i16().unsigned_abs()) - 1] = value;
+    }
+    if limits.contains(&0) {
+        return Err("give a positive limit for viewer, editor and owner".to_owned());
+    }
+    Ok(RoleLimits(limits))
+}
+
+/// Parses `ns=number,...` (namespace ids, positive numbers); empty is none.
+pub fn parse_namespace_map(text: &str) -> Result<NamespaceMap, String> {
+    let mut map = std::collections::HashMap::new();
+    for (namespace, value) in parse_pairs(text)? {
+        apitoken_domain::name::check_id("namespace", &namespace)
+            .map_err(|violation| format!("namespace `{namespace}` {}", violation.description))?;
+        if value == 0 {
+            return Err(format!("the limit of `{namespace}` must be positive"));
+        }
+        map.insert(namespace, value);
+    }
+    Ok(NamespaceMap(map))
+}
+
+fn parse_pairs(text: &str) -> Result<Vec<(String, u32)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` is not `name=number`"))?;
+            let value = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{value}` in `{pair}` is not a number"))?;
+            Ok((key.trim().to_owned(), value))
+        })
+        .collect()
+}
+
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| format!("`{text}` is not a role: use viewer, editor or owner"))
 }
@@ -164,6 +235,25 @@ mod tests {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn limits_parse() {
+        assert_eq!(
+            parse_role_limits("viewer=120,editor=60,owner=30"),
+            Ok(RoleLimits([120, 60, 30]))
+        );
+        assert!(
+            parse_role_limits("viewer=1,editor=2").is_err(),
+            "every role"
+        );
+        assert!(parse_role_limits("admin=5,viewer=1,editor=2,owner=3").is_err());
+        assert_eq!(parse_namespace_map(""), Ok(NamespaceMap::default()));
+        let map = parse_namespace_map("payments=5000, sandbox=100").expect("map");
+        assert_eq!(map.0.get("payments"), Some(&5000));
+        assert!(parse_namespace_map("Payments=1").is_err());
+        assert!(parse_namespace_map("payments=0").is_err());
+        assert!(parse_namespace_map("payments").is_err());
     }
 
     #[test]

@@ -25,8 +25,9 @@ pub fn from_timestamp(field: &str, timestamp: &Timestamp) -> Result<DateTime<Utc
         .ok_or_else(|| FieldViolation::new(field, "is not a valid timestamp"))
 }
 
-/// The wire form of a stored token at `now` (the state is derived).
-pub fn api_token(record: &TokenRecord, now: DateTime<Utc>) -> v1::ApiToken {
+/// The wire form of a stored token at `now` (the state is derived), with
+/// the rate limit in force for it.
+pub fn api_token(record: &TokenRecord, now: DateTime<Utc>, rate_limit: u32) -> v1::ApiToken {
     v1::ApiToken {
         name: record.name.to_string(),
         uid: record.uid.clone(),
@@ -45,6 +46,8 @@ pub fn api_token(record: &TokenRecord, now: DateTime<Utc>) -> v1::ApiToken {
         use_count: record.use_count,
         etag: record.etag(),
         update_time: Some(timestamp(record.update_time)),
+        rate_limit: i32::try_from(rate_limit).unwrap_or(i32::MAX),
+        last_use_ip: record.last_use_ip.clone().unwrap_or_default(),
     }
 }
 

@@ -3,7 +3,9 @@
 //! - [`config`]: command line and environment (`serve`, `migrate`, `bootstrap`).
 //! - [`app`]: wiring: store, health, reflection, graceful shutdown.
 //! - [`service`]: the `ApiTokenService` handlers.
-//! - [`auth`]: bearer-token authentication of callers.
+//! - [`auth`]: bearer-token authentication of callers, rate limits and
+//!   failed-authentication throttling.
+//! - [`limits`]: rate limits and quotas of the deployment.
 //! - [`convert`]: domain values to and from wire types.
 //! - [`usage`]: batched `last_use_time` / `use_count` writes.
 //! - [`events`]: the token event stream and the expiry sweeper.
@@ -20,6 +22,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod convert;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod service;
 pub mod telemetry;

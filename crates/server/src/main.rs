@@ -9,6 +9,7 @@ use apitoken_server::{
     bootstrap::{BootstrapRequest, bootstrap_token},
     config::{Cli, Command, DatabaseArgs, ServeArgs},
     events::EventTiming,
+    limits::Limits,
     telemetry,
 };
 use apitoken_store::{StoreOptions, TokenStore};
@@ -53,6 +54,14 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         health_check_interval: args.health_check_interval,
         migrate: !args.no_migrate,
         shutdown_grace: args.shutdown_grace,
+        limits: Limits {
+            role_rate_limits: args.role_rate_limits.0,
+            namespace_rate_limit: args.namespace_rate_limit,
+            namespace_rate_limits: args.namespace_rate_limits.0,
+            token_quota: args.token_quota,
+            token_quotas: args.token_quotas.0,
+            failed_auth_per_minute: args.failed_auth_limit,
+        },
         events: EventTiming {
             poll_interval: args.event_poll_interval,
             heartbeat_interval: args.event_heartbeat_interval,

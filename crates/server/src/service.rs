@@ -21,9 +21,10 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::{
-    auth::Authenticator,
+    auth::{Authenticator, RATE_DECISION},
     convert::{api_token, from_timestamp, required},
     events::{EventHub, EventStream},
+    limits::{MAX_TOKEN_RATE_LIMIT, add_rate_headers},
 };
 use apitoken_store::UsageReport;
 use std::sync::Arc;
@@ -83,6 +84,11 @@ impl ApiTokenService {
         }
     }
 
+    /// The wire form of a token, with the rate limit in force for it.
+    fn present(&self, record: &TokenRecord, now: DateTime<Utc>) -> v1::ApiToken {
+        api_token(record, now, self.auth.limits().token_limit(record))
+    }
+
     fn mint(&self) -> Result<Minted, Error> {
         let secret = self.format.generate()?;
         let well_formed = self.format.parse(secret.clone())?;
@@ -138,6 +144,17 @@ impl ApiTokenService {
             }
             None => None,
         };
+        let rate_limit = match u32::try_from(token.rate_limit) {
+            Ok(0) => None,
+            Ok(limit) if limit <= MAX_TOKEN_RATE_LIMIT => Some(limit),
+            _ => {
+                violations.add(
+                    "api_token.rate_limit",
+                    format!("must be from 1 to {MAX_TOKEN_RATE_LIMIT} requests a minute, or 0 for the role's default"),
+                );
+                None
+            }
+        };
         let expected_name = format!(
             "{}/apitokens/{}",
             namespace.resource_name(),
@@ -153,26 +170,31 @@ impl ApiTokenService {
         let role = role.ok_or(Error::Internal)?;
         caller.may_grant(role)?;
 
+        let namespace_id = namespace.clone();
         let name = TokenName::new(namespace, "api_token_id", &request.api_token_id)?;
         let minted = self.mint()?;
         let record = self
             .store
-            .insert(NewToken {
-                name,
-                display_name: token.display_name.clone(),
-                description: token.description.clone(),
-                role,
-                labels,
-                creator: caller.name.to_string(),
-                expire_time,
-                secret_hash: minted.hash,
-                secret_hint: minted.hint,
-                now,
-            })
+            .insert(
+                NewToken {
+                    name,
+                    display_name: token.display_name.clone(),
+                    description: token.description.clone(),
+                    role,
+                    labels,
+                    creator: caller.name.to_string(),
+                    expire_time,
+                    secret_hash: minted.hash,
+                    secret_hint: minted.hint,
+                    rate_limit,
+                    now,
+                },
+                Some(self.auth.limits().quota(namespace_id.as_str())),
+            )
             .await?;
         info!(token = %record.name, role = %record.role, actor = %caller.name, "token created");
         Ok(v1::CreateApiTokenResponse {
-            api_token: Some(api_token(&record, now)),
+            api_token: Some(self.present(&record, now)),
             secret: minted.secret.expose().to_owned(),
         })
     }
@@ -197,7 +219,7 @@ impl ApiTokenService {
             .authorize_on_name(&request, "name", &request.get_ref().name, Role::Viewer)
             .await?;
         let record = self.store.get(&name).await?;
-        Ok(api_token(&record, self.clock.now()))
+        Ok(self.present(&record, self.clock.now()))
     }
 
     async fn list(
@@ -258,7 +280,7 @@ impl ApiTokenService {
         Ok(v1::ListApiTokensResponse {
             api_tokens: records
                 .iter()
-                .map(|record| api_token(record, now))
+                .map(|record| self.present(record, now))
                 .collect(),
             next_page_token,
         })
@@ -282,7 +304,7 @@ impl ApiTokenService {
             .await?;
         self.events.appended();
         info!(token = %record.name, fields = ?paths, actor = %caller.name, "token updated");
-        Ok(api_token(&record, now))
+        Ok(self.present(&record, now))
     }
 
     async fn regenerate(
@@ -309,7 +331,7 @@ impl ApiTokenService {
         self.events.appended();
         info!(token = %record.name, actor = %caller.name, "token regenerated");
         Ok(v1::RegenerateApiTokenResponse {
-            api_token: Some(api_token(&record, now)),
+            api_token: Some(self.present(&record, now)),
             secret: minted.secret.expose().to_owned(),
         })
     }
@@ -331,7 +353,7 @@ impl ApiTokenService {
             .await?;
         self.events.appended();
         info!(token = %record.name, actor = %caller.name, "token revoked");
-        Ok(api_token(&record, now))
+        Ok(self.present(&record, now))
     }
 
     async fn verify(
@@ -342,11 +364,33 @@ impl ApiTokenService {
             let caller = self.auth.authenticate(&request).await?;
             self.store.get(&caller.name).await?
         } else {
-            let secret = Secret::new(std::mem::take(&mut request.into_inner().secret));
-            self.auth.verify(secret).await?
+            // An interceptor names the address of the call it authenticates.
+            let peer = request.remote_addr().map(|addr| addr.ip());
+            let request = request.into_inner();
+            let caller = if request.caller_address.is_empty() {
+                peer
+            } else {
+                Some(
+                    request
+                        .caller_address
+                        .parse::<std::net::IpAddr>()
+                        .map_err(|_| {
+                            Error::invalid("caller_address", "must be an IPv4 or IPv6 address")
+                        })?,
+                )
+            };
+            self.auth
+                .verify(Secret::new(request.secret), caller)
+                .await?
         };
         Ok(v1::VerifyApiTokenResponse {
-            api_token: Some(api_token(&record, self.clock.now())),
+            api_token: Some(self.present(&record, self.clock.now())),
+            namespace_rate_limit: i32::try_from(
+                self.auth
+                    .limits()
+                    .namespace_limit(record.name.namespace().as_str()),
+            )
+            .unwrap_or(i32::MAX),
         })
     }
 }
@@ -408,11 +452,20 @@ impl ApiTokenService {
                 // A reporter's clock may run ahead: never record a use in the future.
                 Some(Ok(time)) => time.min(now),
             };
+            let last_use_ip = if usage.last_use_ip.is_empty() {
+                None
+            } else if usage.last_use_ip.parse::<std::net::IpAddr>().is_ok() {
+                Some(usage.last_use_ip.clone())
+            } else {
+                violations.add(field("last_use_ip"), "must be an IPv4 or IPv6 address");
+                continue;
+            };
             reports.push(UsageReport {
                 namespace: namespace.as_str().to_owned(),
                 uid: usage.uid.clone(),
                 count: usage.use_count,
                 last_use_time,
+                last_use_ip,
             });
         }
         violations.finish()?;
@@ -580,48 +633,77 @@ fn expiry_change(
     }
 }
 
+/// Runs a handler with room for its rate-limit decision, and puts the
+/// `x-ratelimit-*` headers on its reply, success or error.
+async fn with_rate_headers<T>(
+    handler: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<Response<T>, Status> {
+    RATE_DECISION
+        .scope(std::cell::Cell::new(None), async {
+            let result = handler.await;
+            let decision = RATE_DECISION.with(std::cell::Cell::get);
+            match result {
+                Ok(reply) => {
+                    let mut response = Response::new(reply);
+                    if let Some(decision) = &decision {
+                        add_rate_headers(response.metadata_mut(), decision);
+                    }
+                    Ok(response)
+                }
+                Err(error) => {
+                    let mut status = Status::from(error);
+                    if let Some(decision) = &decision {
+                        add_rate_headers(status.metadata_mut(), decision);
+                    }
+                    Err(status)
+                }
+            }
+        })
+        .await
+}
+
 #[tonic::async_trait]
 impl ApiTokenServiceRpc for ApiTokenService {
     async fn create_api_token(
         &self,
         request: Request<v1::CreateApiTokenRequest>,
     ) -> Result<Response<v1::CreateApiTokenResponse>, Status> {
-        Ok(Response::new(self.create(request).await?))
+        with_rate_headers(self.create(request)).await
     }
 
     async fn get_api_token(
         &self,
         request: Request<v1::GetApiTokenRequest>,
     ) -> Result<Response<v1::ApiToken>, Status> {
-        Ok(Response::new(self.get(request).await?))
+        with_rate_headers(self.get(request)).await
     }
 
     async fn list_api_tokens(
         &self,
         request: Request<v1::ListApiTokensRequest>,
     ) -> Result<Response<v1::ListApiTokensResponse>, Status> {
-        Ok(Response::new(self.list(request).await?))
+        with_rate_headers(self.list(request)).await
     }
 
     async fn update_api_token(
         &self,
         request: Request<v1::UpdateApiTokenRequest>,
     ) -> Result<Response<v1::ApiToken>, Status> {
-        Ok(Response::new(self.update(request).await?))
+        with_rate_headers(self.update(request)).await
     }
 
     async fn regenerate_api_token(
         &self,
         request: Request<v1::RegenerateApiTokenRequest>,
     ) -> Result<Response<v1::RegenerateApiTokenResponse>, Status> {
-        Ok(Response::new(self.regenerate(request).await?))
+        with_rate_headers(self.regenerate(request)).await
     }
 
     async fn revoke_api_token(
         &self,
         request: Request<v1::RevokeApiTokenRequest>,
     ) -> Result<Response<v1::ApiToken>, Status> {
-        Ok(Response::new(self.revoke(request).await?))
+        with_rate_headers(self.revoke(request)).await
     }
 
     type WatchApiTokenEventsStream = EventStream;
@@ -630,20 +712,20 @@ impl ApiTokenServiceRpc for ApiTokenService {
         &self,
         request: Request<v1::WatchApiTokenEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        Ok(Response::new(self.watch(request).await?))
+        with_rate_headers(self.watch(request)).await
     }
 
     async fn report_api_token_usage(
         &self,
         request: Request<v1::ReportApiTokenUsageRequest>,
     ) -> Result<Response<v1::ReportApiTokenUsageResponse>, Status> {
-        Ok(Response::new(self.report_usage(request).await?))
+        with_rate_headers(self.report_usage(request)).await
     }
 
     async fn verify_api_token(
         &self,
         request: Request<v1::VerifyApiTokenRequest>,
     ) -> Result<Response<v1::VerifyApiTokenResponse>, Status> {
-        Ok(Response::new(self.verify(request).await?))
+        with_rate_headers(self.verify(request)).await
     }
 }

@@ -15,8 +15,8 @@ use tracing::warn;
 
 /// A token: namespace and uid.
 type TokenKey = (String, String);
-/// Uses since the last flush, and the latest of them.
-type Pending = (i64, DateTime<Utc>);
+/// Uses since the last flush, the latest of them, and its caller's address.
+type Pending = (i64, DateTime<Utc>, Option<String>);
 
 /// Counts uses and flushes them to the store.
 #[derive(Debug)]
@@ -34,14 +34,14 @@ impl UsageRecorder {
         }
     }
 
-    /// Counts one use of the token `uid` of `namespace` at `at`.
-    pub fn record(&self, namespace: &str, uid: &str, at: DateTime<Utc>) {
+    /// Counts one use of the token `uid` of `namespace` at `at` by `ip`.
+    pub fn record(&self, namespace: &str, uid: &str, at: DateTime<Utc>, ip: Option<String>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = pending
-            .entry((namespace.to_owned(), uid.to_owned()))
-            .or_insert((0, at));
-        entry.0 += 1;
-        entry.1 = entry.1.max(at);
+        merge(
+            &mut pending,
+            (namespace.to_owned(), uid.to_owned()),
+            (1, at, ip),
+        );
     }
 
     /// Writes everything counted so far. On failure the counts are kept for
@@ -51,23 +51,26 @@ impl UsageRecorder {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             pending
                 .drain()
-                .map(|((namespace, uid), (count, last_use_time))| UsageReport {
-                    namespace,
-                    uid,
-                    count,
-                    last_use_time,
-                })
+                .map(
+                    |((namespace, uid), (count, last_use_time, last_use_ip))| UsageReport {
+                        namespace,
+                        uid,
+                        count,
+                        last_use_time,
+                        last_use_ip,
+                    },
+                )
                 .collect()
         };
         if let Err(error) = self.store.record_usage(&batch).await {
             warn!(error = %error, tokens = batch.len(), "usage flush failed; will retry");
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             for report in batch {
-                let entry = pending
-                    .entry((report.namespace, report.uid))
-                    .or_insert((0, report.last_use_time));
-                entry.0 += report.count;
-                entry.1 = entry.1.max(report.last_use_time);
+                merge(
+                    &mut pending,
+                    (report.namespace, report.uid),
+                    (report.count, report.last_use_time, report.last_use_ip),
+                );
             }
         }
     }
@@ -90,5 +93,18 @@ impl UsageRecorder {
             }
             recorder.flush().await;
         })
+    }
+}
+
+/// Adds uses to a token's pending figures, keeping the latest time and the
+/// address seen then.
+fn merge(pending: &mut HashMap<TokenKey, Pending>, key: TokenKey, (count, at, ip): Pending) {
+    let entry = pending.entry(key).or_insert((0, at, None));
+    entry.0 += count;
+    if at >= entry.1 {
+        entry.1 = at;
+        if ip.is_some() {
+            entry.2 = ip;
+        }
     }
 }

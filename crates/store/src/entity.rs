@@ -30,6 +30,8 @@ pub struct Model {
     pub version: i64,
     pub update_time: DateTimeUtc,
     pub expiry_notified: bool,
+    pub rate_limit: Option<i32>,
+    pub last_use_ip: Option<String>,
 }
 
 impl std::fmt::Debug for Model {

@@ -44,6 +44,10 @@ pub struct TokenRecord {
     pub version: i64,
     /// Last change.
     pub update_time: DateTime<Utc>,
+    /// Per-token rate limit (requests a minute); `None`: the role's default.
+    pub rate_limit: Option<u32>,
+    /// Address of the caller of the last use.
+    pub last_use_ip: Option<String>,
 }
 
 impl TokenRecord {
@@ -79,6 +83,8 @@ pub struct NewToken {
     pub secret_hash: SecretHash,
     /// Prefix and first characters of the secret.
     pub secret_hint: String,
+    /// Per-token rate limit; `None`: the role's default.
+    pub rate_limit: Option<u32>,
     /// Creation time.
     pub now: DateTime<Utc>,
 }
@@ -133,6 +139,8 @@ pub struct UsageReport {
     pub count: i64,
     /// Latest use.
     pub last_use_time: DateTime<Utc>,
+    /// Caller address at the latest use, if known.
+    pub last_use_ip: Option<String>,
 }
 
 /// A stored token event.

@@ -16,8 +16,8 @@ use sea_orm::{
     ActiveValue::NotSet,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, TransactionTrait,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use tracing::{error, warn};
@@ -30,6 +30,19 @@ use crate::{
 
 /// Key of the PostgreSQL transaction lock that orders event sequences.
 const EVENT_LOCK_KEY: i64 = 0x6170_6974_6f6b;
+
+/// Key of the PostgreSQL transaction lock that serializes token creation in
+/// one namespace: FNV-1a of the namespace, stable across processes and
+/// releases, kept apart from [`EVENT_LOCK_KEY`].
+fn namespace_lock_key(namespace: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in namespace.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let key = i64::from_ne_bytes(hash.to_ne_bytes());
+    if key == EVENT_LOCK_KEY { key ^ 1 } else { key }
+}
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -134,8 +147,14 @@ impl TokenStore {
         &self.db
     }
 
-    /// Inserts a token; `ALREADY_EXISTS` if the name is taken.
-    pub async fn insert(&self, token: NewToken) -> Result<TokenRecord, Error> {
+    /// Inserts a token; `ALREADY_EXISTS` if the name is taken. With a
+    /// `quota`, refuses (`RESOURCE_EXHAUSTED`) to make the namespace's active
+    /// tokens more than that: insert and count are one transaction, and on
+    /// PostgreSQL creations in one namespace are serialized, so concurrent
+    /// creates cannot overshoot.
+    pub async fn insert(&self, token: NewToken, quota: Option<u32>) -> Result<TokenRecord, Error> {
+        let namespace = token.name.namespace().as_str().to_owned();
+        let now = token.now;
         let name = token.name.to_string();
         let labels = serde_json::to_string(&token.labels).map_err(|error| {
             error!(error = %error, "cannot encode labels");
@@ -162,14 +181,57 @@ impl TokenStore {
             version: Set(1),
             update_time: Set(token.now),
             expiry_notified: Set(false),
+            rate_limit: Set(token
+                .rate_limit
+                .map(|limit| i32::try_from(limit).unwrap_or(i32::MAX))),
+            last_use_ip: Set(None),
         };
-        match model.insert(&self.db).await {
-            Ok(model) => to_record(model),
-            Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Err(Error::AlreadyExists(name))
-            }
-            Err(error) => Err(db_error(error)),
+        let txn = self.db.begin().await.map_err(db_error)?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!(
+                "SELECT pg_advisory_xact_lock({})",
+                namespace_lock_key(&namespace)
+            ))
+            .await
+            .map_err(db_error)?;
         }
+        let model = match model.insert(&txn).await {
+            Ok(model) => model,
+            Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                return Err(Error::AlreadyExists(name));
+            }
+            Err(error) => return Err(db_error(error)),
+        };
+        if let Some(quota) = quota {
+            let active = Entity::find()
+                .filter(Column::Namespace.eq(namespace.as_str()))
+                .filter(state_condition(TokenState::Active, now))
+                .count(&txn)
+                .await
+                .map_err(db_error)?;
+            if active > u64::from(quota) {
+                drop(txn);
+                return Err(Error::ResourceExhausted {
+                    subject: format!("namespaces/{namespace}"),
+                    description: format!(
+                        "namespace {namespace} already has {quota} active tokens, its quota: revoke unused ones first"
+                    ),
+                    retry_after: None,
+                });
+            }
+        }
+        txn.commit().await.map_err(db_error)?;
+        to_record(model)
+    }
+
+    /// How many active (not revoked, not expired) tokens `namespace` has.
+    pub async fn count_active(&self, namespace: &str, now: DateTime<Utc>) -> Result<u64, Error> {
+        Entity::find()
+            .filter(Column::Namespace.eq(namespace))
+            .filter(state_condition(TokenState::Active, now))
+            .count(&self.db)
+            .await
+            .map_err(db_error)
     }
 
     /// The token called `name`; `NOT_FOUND` if there is none.
@@ -461,13 +523,17 @@ impl TokenStore {
                 .await
                 .map_err(db_error)?;
             matched += counted.rows_affected;
-            Entity::update_many()
-                .col_expr(Column::LastUseTime, Expr::value(report.last_use_time))
+            let mut latest = Entity::update_many()
+                .col_expr(Column::LastUseTime, Expr::value(report.last_use_time));
+            if let Some(ip) = &report.last_use_ip {
+                latest = latest.col_expr(Column::LastUseIp, Expr::value(ip.clone()));
+            }
+            latest
                 .filter(token)
                 .filter(
                     Condition::any()
                         .add(Column::LastUseTime.is_null())
-                        .add(Column::LastUseTime.lt(report.last_use_time)),
+                        .add(Column::LastUseTime.lte(report.last_use_time)),
                 )
                 .exec(&txn)
                 .await
@@ -529,6 +595,23 @@ fn filter_condition(condition: FilterCondition, now: DateTime<Utc>) -> Condition
             (op, Condition::all().add(Column::Role.eq(role.as_i16())))
         }
         FilterCondition::State(op, state) => (op, state_condition(state, now)),
+        FilterCondition::UnusedDays(days) => {
+            let since = now - chrono::Duration::days(i64::from(days));
+            let unused = Condition::any().add(Column::LastUseTime.lte(since)).add(
+                Condition::all()
+                    .add(Column::LastUseTime.is_null())
+                    .add(Column::CreateTime.lte(since)),
+            );
+            (Op::Eq, unused)
+        }
+        FilterCondition::ExpiresWithinDays(days) => {
+            let until = now + chrono::Duration::days(i64::from(days));
+            let expiring = Condition::all()
+                .add(Column::RevokeTime.is_null())
+                .add(Column::ExpireTime.gt(now))
+                .add(Column::ExpireTime.lte(until));
+            (Op::Eq, expiring)
+        }
     };
     match op {
         Op::Eq => positive,
@@ -578,6 +661,8 @@ fn to_record(model: entity::Model) -> Result<TokenRecord, Error> {
         use_count: model.use_count,
         version: model.version,
         update_time: model.update_time,
+        rate_limit: model.rate_limit.and_then(|limit| u32::try_from(limit).ok()),
+        last_use_ip: model.last_use_ip,
     })
 }
 
