@@ -481,7 +481,7 @@ async fn cached_calls_are_counted_as_usage(server: TestServer) {
             .await
             .expect("get")
             .into_inner();
-        token.use_count == 10 && token.last_use_time.is_some()
+        token.use_count == 10 && token.last_use_time.is_some() && token.last_use_ip == "127.0.0.1"
     })
     .await;
     example.stop().await;

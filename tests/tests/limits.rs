@@ -1,0 +1,601 @@
+//! Rate limits, failed-authentication throttling, quotas and usage filters
+//! through the real gRPC surface, on the server and through the interceptor.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::{collections::HashMap, time::Duration};
+
+use apitoken_domain::Role;
+use apitoken_example::pb::ListItemsRequest;
+use apitoken_server::limits::Limits;
+use apitoken_tests::{
+    Backend, ExampleService, NAMESPACE, OTHER_NAMESPACE, Options, TestServer, authed, bad_fields,
+    fast_settings, in_seconds,
+    v1::{
+        self, ApiToken, CreateApiTokenRequest, ListApiTokensRequest, RevokeApiTokenRequest,
+        VerifyApiTokenRequest,
+    },
+};
+use tonic::{Code, Status, metadata::MetadataMap};
+use tonic_types::StatusExt;
+
+macro_rules! limit_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(apitoken_tests::Backend::Sqlite).await; } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(apitoken_tests::Backend::Postgres).await; } )* }
+    };
+}
+
+limit_tests!(
+    token_limit_counts_down_then_refuses_until_retry_after,
+    role_defaults_are_the_seeds,
+    namespace_aggregate_binds_every_token,
+    failed_authentication_is_throttled_per_peer,
+    quota_refuses_and_recovers,
+    rate_limit_overrides_are_validated,
+    filters_find_unused_and_expiring_tokens,
+    the_interceptor_enforces_limits_locally,
+    the_interceptor_throttles_failing_peers,
+    concurrent_creates_never_overshoot_the_quota,
+);
+
+/// A server with the given limits (the seeds' defaults unless changed).
+async fn server_with(backend: Backend, limits: Limits) -> Option<TestServer> {
+    TestServer::start_with(
+        backend,
+        Options {
+            limits,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+fn header(metadata: &MetadataMap, name: &str) -> String {
+    metadata
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {metadata:?}"))
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+async fn create_with_limit(
+    server: &TestServer,
+    id: &str,
+    role: v1::Role,
+    rate_limit: i32,
+) -> String {
+    server
+        .client()
+        .await
+        .create_api_token(authed(
+            &server.owner,
+            CreateApiTokenRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                api_token_id: id.into(),
+                api_token: Some(ApiToken {
+                    role: role.into(),
+                    rate_limit,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .secret
+}
+
+fn assert_rate_limited(status: &Status, subject: &str, retry_after: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(header(status.metadata(), "retry-after"), retry_after);
+    let details = status.get_error_details();
+    assert_eq!(
+        details.quota_failure().expect("QuotaFailure").violations[0].subject,
+        subject
+    );
+    assert!(
+        details
+            .retry_info()
+            .expect("RetryInfo")
+            .retry_delay
+            .is_some()
+    );
+}
+
+async fn token_limit_counts_down_then_refuses_until_retry_after(backend: Backend) {
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    let secret = create_with_limit(&server, "metered", v1::Role::Viewer, 3).await;
+    let mut client = server.client().await;
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let reply = client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+            .expect("within the limit");
+        assert_eq!(header(reply.metadata(), "x-ratelimit-limit"), "3");
+        let reset: i64 = header(reply.metadata(), "x-ratelimit-reset")
+            .parse()
+            .expect("unix seconds");
+        assert!(
+            reset > chrono::Utc::now().timestamp() - 5,
+            "reset is a Unix time"
+        );
+        remaining.push(header(reply.metadata(), "x-ratelimit-remaining"));
+        assert_eq!(reply.into_inner().api_token.expect("token").rate_limit, 3);
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let status = client
+        .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+        .await
+        .expect_err("over the limit");
+    assert_rate_limited(&status, "namespaces/team-a/apitokens/metered", "20");
+    assert_eq!(header(status.metadata(), "x-ratelimit-remaining"), "0");
+    // Honour retry-after: 20 s later one more call fits, not two.
+    server.clock.advance(chrono::Duration::seconds(20));
+    client
+        .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+        .await
+        .expect("after retry-after");
+    let status = client
+        .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+        .await
+        .expect_err("again over");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    // Other tokens are unaffected.
+    let other = create_with_limit(&server, "unmetered", v1::Role::Viewer, 0).await;
+    client
+        .verify_api_token(authed(&other, VerifyApiTokenRequest::default()))
+        .await
+        .expect("own budget");
+}
+
+async fn role_defaults_are_the_seeds(backend: Backend) {
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    let mut client = server.client().await;
+    for (role, expected) in [
+        (v1::Role::Viewer, "120"),
+        (v1::Role::Editor, "60"),
+        (v1::Role::Owner, "30"),
+    ] {
+        let secret = create_with_limit(&server, &format!("default-{}", expected), role, 0).await;
+        let reply = client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+            .expect("verify");
+        assert_eq!(
+            header(reply.metadata(), "x-ratelimit-limit"),
+            expected,
+            "{role:?}"
+        );
+        assert_eq!(
+            reply
+                .into_inner()
+                .api_token
+                .expect("token")
+                .rate_limit
+                .to_string(),
+            expected
+        );
+    }
+}
+
+async fn namespace_aggregate_binds_every_token(backend: Backend) {
+    let limits = Limits {
+        namespace_rate_limits: HashMap::from([(OTHER_NAMESPACE.to_owned(), 4)]),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let mut client = server.client().await;
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
+        let reply = client
+            .verify_api_token(authed(
+                &server.other_owner,
+                VerifyApiTokenRequest::default(),
+            ))
+            .await
+            .expect("within the aggregate");
+        assert_eq!(
+            header(reply.metadata(), "x-ratelimit-limit"),
+            "4",
+            "the tighter limit is reported"
+        );
+        remaining.push(header(reply.metadata(), "x-ratelimit-remaining"));
+    }
+    assert_eq!(remaining, ["3", "2", "1", "0"]);
+    let status = client
+        .verify_api_token(authed(
+            &server.other_owner,
+            VerifyApiTokenRequest::default(),
+        ))
+        .await
+        .expect_err("aggregate exhausted");
+    assert_rate_limited(&status, "namespaces/team-b", "15");
+    // team-a has its own aggregate.
+    client
+        .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
+        .await
+        .expect("team-a");
+}
+
+async fn failed_authentication_is_throttled_per_peer(backend: Backend) {
+    let limits = Limits {
+        failed_auth_per_minute: 5,
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let mut client = server.client().await;
+    let unknown = apitoken_domain::token::TokenFormat::default()
+        .generate()
+        .unwrap()
+        .expose()
+        .to_owned();
+    for _ in 0..5 {
+        let status = client
+            .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
+            .await
+            .expect_err("unknown");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    // Now even a valid token from this address is refused before any lookup.
+    let status = client
+        .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
+        .await
+        .expect_err("throttled");
+    assert_rate_limited(&status, "peer 127.0.0.1", "12");
+    server.clock.advance(chrono::Duration::seconds(12));
+    client
+        .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
+        .await
+        .expect("after retry-after");
+}
+
+async fn quota_refuses_and_recovers(backend: Backend) {
+    let limits = Limits {
+        token_quotas: HashMap::from([(NAMESPACE.to_owned(), 3)]),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let mut client = server.client().await;
+    // The bootstrap owner is one of the three.
+    server.create("second", Role::Viewer).await;
+    client
+        .create_api_token(authed(
+            &server.owner,
+            CreateApiTokenRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                api_token_id: "third".into(),
+                api_token: Some(ApiToken {
+                    role: v1::Role::Viewer.into(),
+                    expire_time: Some(in_seconds(&server, 60)),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("third");
+    let create = |id: &str| {
+        authed(
+            &server.owner,
+            CreateApiTokenRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                api_token_id: id.into(),
+                api_token: Some(ApiToken {
+                    role: v1::Role::Viewer.into(),
+                    ..Default::default()
+                }),
+            },
+        )
+    };
+    let status = client
+        .create_api_token(create("fourth"))
+        .await
+        .expect_err("over quota");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status
+            .get_error_details()
+            .quota_failure()
+            .expect("QuotaFailure")
+            .violations[0]
+            .subject,
+        "namespaces/team-a"
+    );
+    assert!(status.message().contains("quota"), "{}", status.message());
+    // Nothing was half-written: "fourth" does not exist.
+    let listed = client
+        .list_api_tokens(authed(
+            &server.owner,
+            ListApiTokensRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.api_tokens.len(), 3);
+    // A revoked token frees its place.
+    client
+        .revoke_api_token(authed(
+            &server.owner,
+            RevokeApiTokenRequest {
+                name: format!("namespaces/{NAMESPACE}/apitokens/second"),
+            },
+        ))
+        .await
+        .expect("revoke");
+    client
+        .create_api_token(create("fourth"))
+        .await
+        .expect("room again");
+    let status = client
+        .create_api_token(create("fifth"))
+        .await
+        .expect_err("full again");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    // So does an expired one.
+    server.clock.advance(chrono::Duration::seconds(61));
+    client
+        .create_api_token(create("fifth"))
+        .await
+        .expect("expired token does not count");
+    // Other namespaces have their own quota.
+    server
+        .create_in(
+            OTHER_NAMESPACE,
+            &server.other_owner,
+            "elsewhere",
+            Role::Viewer,
+        )
+        .await;
+}
+
+async fn rate_limit_overrides_are_validated(backend: Backend) {
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    for bad in [-1, 100_001] {
+        let status = server
+            .client()
+            .await
+            .create_api_token(authed(
+                &server.owner,
+                CreateApiTokenRequest {
+                    parent: format!("namespaces/{NAMESPACE}"),
+                    api_token_id: "bad-limit".into(),
+                    api_token: Some(ApiToken {
+                        role: v1::Role::Viewer.into(),
+                        rate_limit: bad,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect_err("invalid");
+        assert_eq!(bad_fields(&status), ["api_token.rate_limit"]);
+    }
+}
+
+async fn filters_find_unused_and_expiring_tokens(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let mut client = server.client().await;
+    let (_, used) = server.create("used-lately", Role::Viewer).await;
+    server.create("abandoned", Role::Viewer).await;
+    for (id, days) in [("expires-soon", 10), ("expires-later", 20)] {
+        client
+            .create_api_token(authed(
+                &server.owner,
+                CreateApiTokenRequest {
+                    parent: format!("namespaces/{NAMESPACE}"),
+                    api_token_id: id.into(),
+                    api_token: Some(ApiToken {
+                        role: v1::Role::Viewer.into(),
+                        expire_time: Some(in_seconds(&server, days * 86_400)),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("create");
+    }
+    let ids = |response: v1::ListApiTokensResponse| {
+        let mut ids: Vec<String> = response
+            .api_tokens
+            .into_iter()
+            .map(|t| t.name.rsplit('/').next().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let filtered = |filter: &str| ListApiTokensRequest {
+        parent: format!("namespaces/{NAMESPACE}"),
+        filter: filter.into(),
+        ..Default::default()
+    };
+    let expiring = client
+        .list_api_tokens(authed(&server.owner, filtered("expires_within_days <= 14")))
+        .await
+        .expect("list");
+    assert_eq!(ids(expiring.into_inner()), ["expires-soon"]);
+
+    // 20 days on, "used-lately" is used; 11 days after that, the rest are 31
+    // days unused (the expiring ones have expired by then).
+    server.clock.advance(chrono::Duration::days(20));
+    client
+        .verify_api_token(authed(&used, VerifyApiTokenRequest::default()))
+        .await
+        .expect("use");
+    client
+        .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
+        .await
+        .expect("use");
+    let flushed = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server
+        .store
+        .get(&apitoken_domain::name::TokenName::from_stored(
+            NAMESPACE,
+            "used-lately",
+        ))
+        .await
+        .expect("get")
+        .last_use_time
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < flushed, "usage flushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.clock.advance(chrono::Duration::days(11));
+    let unused = client
+        .list_api_tokens(authed(
+            &server.owner,
+            filtered("unused_days >= 30 AND state = STATE_ACTIVE"),
+        ))
+        .await
+        .expect("list");
+    assert_eq!(ids(unused.into_inner()), ["abandoned"]);
+}
+
+async fn the_interceptor_enforces_limits_locally(backend: Backend) {
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    let example = ExampleService::start(&server, fast_settings()).await;
+    let mut client = example.client().await;
+    let secret = create_with_limit(&server, "service-caller", v1::Role::Viewer, 3).await;
+    let list = || {
+        authed(
+            &secret,
+            ListItemsRequest {
+                namespace: NAMESPACE.into(),
+            },
+        )
+    };
+    let verifications = server.calls("VerifyApiToken");
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let reply = client.list_items(list()).await.expect("within the limit");
+        assert_eq!(header(reply.metadata(), "x-ratelimit-limit"), "3");
+        remaining.push(header(reply.metadata(), "x-ratelimit-remaining"));
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let status = client.list_items(list()).await.expect_err("over the limit");
+    assert_rate_limited(&status, "namespaces/team-a/apitokens/service-caller", "20");
+    assert_eq!(
+        server.calls("VerifyApiToken"),
+        verifications + 1,
+        "enforced by the interceptor alone"
+    );
+    server.clock.advance(chrono::Duration::seconds(20));
+    client.list_items(list()).await.expect("after retry-after");
+    example.stop().await;
+}
+
+async fn the_interceptor_throttles_failing_peers(backend: Backend) {
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    let settings = apitoken_interceptor::Settings {
+        failed_auth_per_minute: 3,
+        ..fast_settings()
+    };
+    let example = ExampleService::start(&server, settings).await;
+    let mut client = example.client().await;
+    let (_, valid) = server.create("innocent", Role::Viewer).await;
+    for _ in 0..3 {
+        let status = client
+            .list_items(authed(
+                "apitoken_garbage",
+                ListItemsRequest {
+                    namespace: NAMESPACE.into(),
+                },
+            ))
+            .await
+            .expect_err("malformed");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let verifications = server.calls("VerifyApiToken");
+    let status = client
+        .list_items(authed(
+            &valid,
+            ListItemsRequest {
+                namespace: NAMESPACE.into(),
+            },
+        ))
+        .await
+        .expect_err("throttled");
+    assert_rate_limited(&status, "peer 127.0.0.1", "20");
+    assert_eq!(
+        server.calls("VerifyApiToken"),
+        verifications,
+        "refused before any check"
+    );
+    server.clock.advance(chrono::Duration::seconds(20));
+    client
+        .list_items(authed(
+            &valid,
+            ListItemsRequest {
+                namespace: NAMESPACE.into(),
+            },
+        ))
+        .await
+        .expect("after retry-after");
+    example.stop().await;
+}
+
+async fn concurrent_creates_never_overshoot_the_quota(backend: Backend) {
+    let limits = Limits {
+        token_quotas: HashMap::from([(NAMESPACE.to_owned(), 5)]),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let client = server.client().await;
+    let creates = (0..12).map(|i| {
+        let mut client = client.clone();
+        let request = authed(
+            &server.owner,
+            CreateApiTokenRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                api_token_id: format!("racer-{i}"),
+                api_token: Some(ApiToken {
+                    role: v1::Role::Viewer.into(),
+                    ..Default::default()
+                }),
+            },
+        );
+        tokio::spawn(async move { client.create_api_token(request).await })
+    });
+    let mut created = 0;
+    for create in creates.collect::<Vec<_>>() {
+        match create.await.expect("join") {
+            Ok(_) => created += 1,
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+    }
+    // The bootstrap owner holds one of the five places.
+    assert_eq!(created, 4);
+    assert_eq!(
+        server
+            .store
+            .count_active(NAMESPACE, chrono::Utc::now())
+            .await
+            .expect("count"),
+        5
+    );
+}
