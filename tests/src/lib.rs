@@ -221,6 +221,7 @@ impl TestServer {
                         display_name: format!("token {id}"),
                         ..Default::default()
                     }),
+                    ..Default::default()
                 },
             ))
             .await

@@ -55,6 +55,7 @@ async fn call_all(
                             role: v1::Role::Viewer.into(),
                             ..Default::default()
                         }),
+                        ..Default::default()
                     },
                 ))
                 .await
@@ -109,6 +110,7 @@ async fn call_all(
                     credentials,
                     RegenerateApiTokenRequest {
                         name: target.clone(),
+                        ..Default::default()
                     },
                 ))
                 .await
@@ -168,6 +170,7 @@ async fn every_rpc_needs_a_valid_token(server: TestServer) {
                     expire_time: Some(apitoken_tests::in_seconds(&server, 30)),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -334,6 +337,7 @@ async fn no_token_mints_or_raises_above_its_own_role(server: TestServer) {
                         role: role.into(),
                         ..Default::default()
                     }),
+                    ..Default::default()
                 },
             ))
             .await

@@ -93,7 +93,10 @@ async fn events_arrive_in_order(server: TestServer) {
     client
         .regenerate_api_token(authed(
             &server.owner,
-            RegenerateApiTokenRequest { name: name("bee") },
+            RegenerateApiTokenRequest {
+                name: name("bee"),
+                ..Default::default()
+            },
         ))
         .await
         .expect("regenerate");
@@ -208,6 +211,8 @@ async fn bad_cursors_and_foreign_namespaces_are_refused(server: TestServer) {
 }
 
 async fn expiry_is_announced_exactly_once(server: TestServer) {
+    let mut stream = watch(&server, &server.owner, 0).await;
+    stream.message().await.expect("ok").expect("open");
     let mut client = server.client().await;
     client
         .create_api_token(authed(
@@ -220,22 +225,32 @@ async fn expiry_is_announced_exactly_once(server: TestServer) {
                     expire_time: Some(in_seconds(&server, 30)),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
         .expect("create");
-    let mut stream = watch(&server, &server.owner, 0).await;
-    stream.message().await.expect("ok").expect("open");
+    // It expires within both lead times (14 and 3 days): one warning each.
+    let warnings = events(&mut stream, 2).await;
+    assert!(
+        warnings.iter().all(
+            |event| event.kind() == Kind::ExpiryWarning && event.api_token == name("ephemeral")
+        )
+    );
     server.clock.advance(chrono::Duration::seconds(31));
     let expired = events(&mut stream, 1).await;
     assert_eq!(expired[0].kind(), Kind::Expired);
     assert_eq!(expired[0].api_token, name("ephemeral"));
-    // Several sweeps later, still only that one: the next event is ours.
+    // Several sweeps later, nothing more about it: the next event is ours.
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.create("marker", Role::Viewer).await;
     revoke(&server, "marker").await;
     let next = events(&mut stream, 1).await;
-    assert_eq!(next[0].api_token, name("marker"), "no second EXPIRED event");
+    assert_eq!(
+        next[0].api_token,
+        name("marker"),
+        "no second warning or EXPIRED event"
+    );
 }
 
 async fn stream_ends_when_the_watcher_is_revoked(server: TestServer) {

@@ -305,6 +305,7 @@ async fn regeneration_is_refused_within_a_second(server: TestServer) {
             &server.owner,
             RegenerateApiTokenRequest {
                 name: token_name("to-rotate"),
+                ..Default::default()
             },
         ))
         .await
@@ -343,6 +344,7 @@ async fn expiry_is_enforced_from_the_cache(server: TestServer) {
                     expire_time: Some(apitoken_tests::in_seconds(&server, 60)),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -438,6 +440,13 @@ async fn stream_resumes_after_apitoken_restarts(mut server: TestServer) {
             &name,
             "namespaces/team-a/apitokens/bootstrap-owner",
             chrono::Utc::now(),
+            apitoken_server::audit::RequestContext::rule().entry(
+                NAMESPACE,
+                apitoken_domain::audit::Action::Revoke,
+                apitoken_server::audit::Actor::Named("namespaces/team-a/apitokens/bootstrap-owner"),
+                name.to_string(),
+                chrono::Utc::now(),
+            ),
         )
         .await
         .expect("revoke");

@@ -50,6 +50,7 @@ async fn create_returns_the_secret_once_and_get_shows_the_token(server: TestServ
                     expire_time: Some(expire_time),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -122,6 +123,7 @@ async fn verify_answers_for_a_secret_and_for_the_caller(server: TestServer) {
             &server.owner,
             RegenerateApiTokenRequest {
                 name: name("to-replace"),
+                ..Default::default()
             },
         ))
         .await
@@ -155,6 +157,7 @@ async fn regenerate_replaces_the_secret_at_once(server: TestServer) {
             &server.owner,
             RegenerateApiTokenRequest {
                 name: name("rotating"),
+                ..Default::default()
             },
         ))
         .await
@@ -283,6 +286,7 @@ async fn revoke_is_immediate_final_and_visible(server: TestServer) {
                     role: v1::Role::Viewer.into(),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -343,6 +347,7 @@ async fn expiry_is_enforced_and_reported(server: TestServer) {
                     expire_time: Some(in_seconds(&server, 60)),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -484,6 +489,7 @@ async fn update_enforces_shorter_expiry_and_lower_role(server: TestServer) {
                     expire_time: Some(in_seconds(&server, 7200)),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -572,6 +578,7 @@ async fn update_enforces_shorter_expiry_and_lower_role(server: TestServer) {
                     role: v1::Role::Viewer.into(),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -638,7 +645,10 @@ async fn revoked_tokens_cannot_be_updated_or_regenerated(server: TestServer) {
     let status = client
         .regenerate_api_token(authed(
             &server.owner,
-            RegenerateApiTokenRequest { name: name("gone") },
+            RegenerateApiTokenRequest {
+                name: name("gone"),
+                ..Default::default()
+            },
         ))
         .await
         .expect_err("regenerate refused");
@@ -683,6 +693,7 @@ async fn expired_tokens_cannot_be_regenerated(server: TestServer) {
                     expire_time: Some(in_seconds(&server, 5)),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -693,6 +704,7 @@ async fn expired_tokens_cannot_be_regenerated(server: TestServer) {
             &server.owner,
             RegenerateApiTokenRequest {
                 name: name("lapsed"),
+                ..Default::default()
             },
         ))
         .await

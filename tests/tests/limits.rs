@@ -79,6 +79,7 @@ async fn create_with_limit(
                     rate_limit,
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -282,6 +283,7 @@ async fn quota_refuses_and_recovers(backend: Backend) {
                     expire_time: Some(in_seconds(&server, 60)),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -296,6 +298,7 @@ async fn quota_refuses_and_recovers(backend: Backend) {
                     role: v1::Role::Viewer.into(),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         )
     };
@@ -381,6 +384,7 @@ async fn rate_limit_overrides_are_validated(backend: Backend) {
                         rate_limit: bad,
                         ..Default::default()
                     }),
+                    ..Default::default()
                 },
             ))
             .await
@@ -408,6 +412,7 @@ async fn filters_find_unused_and_expiring_tokens(backend: Backend) {
                         expire_time: Some(in_seconds(&server, days * 86_400)),
                         ..Default::default()
                     }),
+                    ..Default::default()
                 },
             ))
             .await
@@ -577,6 +582,7 @@ async fn concurrent_creates_never_overshoot_the_quota(backend: Backend) {
                     role: v1::Role::Viewer.into(),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         );
         tokio::spawn(async move { client.create_api_token(request).await })

@@ -210,6 +210,7 @@ async fn filters_on_role_and_state(server: TestServer) {
                     expire_time: Some(in_seconds(&server, 10)),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await

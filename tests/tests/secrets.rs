@@ -28,7 +28,10 @@ async fn secrets_are_shown_once_and_never_stored(server: TestServer) {
     let regenerated = client
         .regenerate_api_token(authed(
             &server.owner,
-            RegenerateApiTokenRequest { name: name.clone() },
+            RegenerateApiTokenRequest {
+                name: name.clone(),
+                ..Default::default()
+            },
         ))
         .await
         .expect("regenerate")

@@ -28,6 +28,7 @@ fn create(parent: &str, id: &str, token: Option<ApiToken>) -> CreateApiTokenRequ
         parent: parent.to_owned(),
         api_token_id: id.to_owned(),
         api_token: token,
+        ..Default::default()
     }
 }
 
@@ -316,6 +317,7 @@ async fn duplicates_and_unknown_tokens(server: TestServer) {
             &server.owner,
             RegenerateApiTokenRequest {
                 name: missing.clone(),
+                ..Default::default()
             },
         ))
         .await

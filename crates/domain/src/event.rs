@@ -13,9 +13,23 @@ pub enum EventKind {
     Updated,
     /// Reached its expiry.
     Expired,
+    /// The previous secret's grace period ended early.
+    GraceEnded,
+    /// Reached an expiry warning lead time.
+    ExpiryWarning,
 }
 
 impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Revoked,
+        EventKind::Regenerated,
+        EventKind::Updated,
+        EventKind::Expired,
+        EventKind::GraceEnded,
+        EventKind::ExpiryWarning,
+    ];
+
     /// The number stored in the database (as on the wire).
     pub fn as_i16(self) -> i16 {
         match self {
@@ -23,19 +37,16 @@ impl EventKind {
             EventKind::Regenerated => 2,
             EventKind::Updated => 3,
             EventKind::Expired => 4,
+            EventKind::GraceEnded => 5,
+            EventKind::ExpiryWarning => 6,
         }
     }
 
     /// The inverse of [`EventKind::as_i16`].
     pub fn from_i16(value: i16) -> Option<EventKind> {
-        [
-            EventKind::Revoked,
-            EventKind::Regenerated,
-            EventKind::Updated,
-            EventKind::Expired,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_i16() == value)
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_i16() == value)
     }
 
     /// The wire enum.
@@ -45,6 +56,8 @@ impl EventKind {
             EventKind::Regenerated => Kind::Regenerated,
             EventKind::Updated => Kind::Updated,
             EventKind::Expired => Kind::Expired,
+            EventKind::GraceEnded => Kind::GraceEnded,
+            EventKind::ExpiryWarning => Kind::ExpiryWarning,
         }
     }
 }
@@ -55,12 +68,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for kind in [
-            EventKind::Revoked,
-            EventKind::Regenerated,
-            EventKind::Updated,
-            EventKind::Expired,
-        ] {
+        for kind in EventKind::ALL {
             assert_eq!(EventKind::from_i16(kind.as_i16()), Some(kind));
             assert_eq!(kind.to_proto() as i16, kind.as_i16());
         }

@@ -14,6 +14,7 @@
 //! Architecture invariant: this crate never depends on sea-orm or the server;
 //! the interceptor crate uses it to parse tokens and map errors.
 
+pub mod audit;
 pub mod clock;
 pub mod error;
 pub mod event;

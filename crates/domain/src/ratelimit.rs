@@ -230,6 +230,7 @@ pub struct FailureThrottle {
     gcra: Gcra,
     limit: u32,
     peers: Mutex<HashMap<IpAddr, (Cell, bool)>>,
+    unclaimed_bursts: Mutex<Vec<IpAddr>>,
 }
 
 impl FailureThrottle {
@@ -240,6 +241,23 @@ impl FailureThrottle {
             gcra: Gcra::per_minute(limit),
             limit,
             peers: Mutex::new(HashMap::new()),
+            unclaimed_bursts: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether a burst of `peer` started and nobody claimed it yet; claims
+    /// it (so it is reported once).
+    pub fn burst_started_now(&self, peer: IpAddr) -> bool {
+        let mut unclaimed = self
+            .unclaimed_bursts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match unclaimed.iter().position(|candidate| *candidate == peer) {
+            Some(index) => {
+                unclaimed.swap_remove(index);
+                true
+            }
+            None => false,
         }
     }
 
@@ -276,6 +294,13 @@ impl FailureThrottle {
                 entry.0.tat = tat;
                 if self.gcra.admit(Some(tat), now).is_err() && !entry.1 {
                     entry.1 = true;
+                    let mut unclaimed = self
+                        .unclaimed_bursts
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if unclaimed.len() < 1024 && !unclaimed.contains(&peer) {
+                        unclaimed.push(peer);
+                    }
                     FailureOutcome::BurstStarted
                 } else {
                     FailureOutcome::Counted

@@ -358,6 +358,7 @@ impl Shared {
             principal: entry.principal,
             token_limit: entry.token_limit,
             namespace_limit: entry.namespace_limit,
+            secret_expire_time: entry.secret_expire_time,
         }))
     }
 
@@ -394,6 +395,7 @@ impl Shared {
                                 principal: principal.clone(),
                                 token_limit: verified.token_limit,
                                 namespace_limit: verified.namespace_limit,
+                                secret_expire_time: verified.secret_expire_time,
                                 verified_at: now,
                             },
                         );

@@ -23,6 +23,8 @@ pub struct Entry {
     pub token_limit: u32,
     /// Its namespace's aggregate limit, requests a minute.
     pub namespace_limit: u32,
+    /// When this secret stops working (grace end or token expiry).
+    pub secret_expire_time: Option<chrono::DateTime<chrono::Utc>>,
     /// When apitoken last confirmed it.
     pub verified_at: Instant,
 }
@@ -209,6 +211,7 @@ mod tests {
                 Entry {
                     token_limit: 1,
                     namespace_limit: 1,
+                    secret_expire_time: None,
                     principal: principal(&format!("uid-{i}"), "ns"),
                     verified_at: start + Duration::from_secs(i as u64),
                 },
@@ -229,6 +232,7 @@ mod tests {
             Entry {
                 token_limit: 1,
                 namespace_limit: 1,
+                secret_expire_time: None,
                 principal: principal("one", "ns-a"),
                 verified_at: now,
             },
@@ -238,6 +242,7 @@ mod tests {
             Entry {
                 token_limit: 1,
                 namespace_limit: 1,
+                secret_expire_time: None,
                 principal: principal("one", "ns-a"),
                 verified_at: now,
             },
@@ -247,6 +252,7 @@ mod tests {
             Entry {
                 token_limit: 1,
                 namespace_limit: 1,
+                secret_expire_time: None,
                 principal: principal("two", "ns-b"),
                 verified_at: now,
             },

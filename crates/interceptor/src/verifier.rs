@@ -30,6 +30,9 @@ pub struct Verified {
     pub token_limit: u32,
     /// Its namespace's aggregate limit, requests a minute.
     pub namespace_limit: u32,
+    /// When this secret stops working: a grace period's end for a previous
+    /// secret (earlier than the token's expiry), else the token's expiry.
+    pub secret_expire_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What apitoken said of a secret.
@@ -133,6 +136,13 @@ impl Verifier {
                         namespace_limit: u32::try_from(reply.namespace_rate_limit)
                             .ok()
                             .filter(|limit| *limit > 0)?,
+                        secret_expire_time: match &reply.secret_expire_time {
+                            Some(time) => Some(DateTime::from_timestamp(
+                                time.seconds,
+                                u32::try_from(time.nanos).ok()?,
+                            )?),
+                            None => None,
+                        },
                     })
                 });
                 match verified {

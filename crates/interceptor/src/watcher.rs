@@ -12,7 +12,7 @@ use std::{
 };
 
 use apitoken_domain::token::Secret;
-use apitoken_proto::v1::WatchApiTokenEventsRequest;
+use apitoken_proto::v1::{WatchApiTokenEventsRequest, api_token_event::Kind};
 use tokio::{sync::watch, time::Instant};
 use tonic::Code;
 use tracing::{debug, info, warn};
@@ -139,6 +139,10 @@ pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::R
                             }
                             first = false;
                             for event in &message.events {
+                                if event.kind() == Kind::ExpiryWarning {
+                                    // Nothing about the token changed.
+                                    continue;
+                                }
                                 let dropped = shared.cache.invalidate_uid(&event.uid);
                                 watch.invalidated();
                                 shared.stats.invalidations.fetch_add(1, Ordering::Relaxed);

@@ -28,8 +28,10 @@ use tracing::{info, info_span, warn};
 use crate::{
     auth::Authenticator,
     events::{EventHub, EventTiming},
+    lifecycle::Lifecycle,
     limits::Limits,
     metrics::RequestCounter,
+    policy::Policy,
     service::ApiTokenService,
     usage::UsageRecorder,
 };
@@ -58,6 +60,8 @@ pub struct AppConfig {
     pub events: EventTiming,
     /// Rate limits and quotas.
     pub limits: Limits,
+    /// Expiry policy, grace, warnings, inactivity and retention.
+    pub policy: Policy,
 }
 
 impl AppConfig {
@@ -74,6 +78,7 @@ impl AppConfig {
             shutdown_grace: Duration::from_secs(10),
             events: EventTiming::default(),
             limits: Limits::default(),
+            policy: Policy::default(),
         }
     }
 }
@@ -166,14 +171,6 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
-        let auth = Authenticator::new(
-            self.store.clone(),
-            self.format.clone(),
-            self.keys.clone(),
-            Arc::clone(&self.clock),
-            Arc::clone(&self.usage),
-            Arc::new(self.config.limits.clone()),
-        );
         let (stopping_tx, stopping) = watch::channel(false);
         let events = Arc::new(EventHub::new(
             self.store.clone(),
@@ -182,6 +179,23 @@ impl App {
             self.config.events,
         ));
         let sweeper = events.spawn_expiry_sweeper();
+        let policy = Arc::new(self.config.policy.clone());
+        let lifecycle = Lifecycle::new(
+            self.store.clone(),
+            Arc::clone(&self.clock),
+            Arc::clone(&policy),
+            Arc::clone(&events),
+        )
+        .spawn(self.config.events.expiry_sweep_interval, stopping.clone());
+        let auth = Authenticator::new(
+            self.store.clone(),
+            self.format.clone(),
+            self.keys.clone(),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.usage),
+            Arc::new(self.config.limits.clone()),
+            Arc::clone(&events),
+        );
         let service = ApiTokenService::new(
             self.store.clone(),
             auth,
@@ -189,6 +203,7 @@ impl App {
             self.keys.clone(),
             Arc::clone(&self.clock),
             events,
+            policy,
         );
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -250,6 +265,7 @@ impl App {
         }
         monitor.abort();
         sweeper.abort();
+        lifecycle.abort();
         info!("stopped");
         Ok(result?)
     }

@@ -12,6 +12,7 @@
 
 use std::{cell::Cell, net::IpAddr, sync::Arc};
 
+use apitoken_domain::audit::Action;
 use apitoken_domain::{
     AuthFailure, Error, Principal, TokenState,
     clock::SharedClock,
@@ -19,11 +20,27 @@ use apitoken_domain::{
     ratelimit::{Decision, FailureOutcome, FailureThrottle, RateLimiter, Scope},
     token::{Secret, TokenFormat, bearer_secret},
 };
-use apitoken_store::{TokenRecord, TokenStore};
+use apitoken_store::{SecretMatch, TokenRecord, TokenStore};
+use chrono::{DateTime, Utc};
 use tonic::Request;
 use tracing::{info, warn};
 
-use crate::{limits::Limits, usage::UsageRecorder};
+use crate::{
+    audit::{Actor, RequestContext},
+    events::EventHub,
+    limits::Limits,
+    usage::UsageRecorder,
+};
+
+/// A verified secret: its token, and when this secret stops working (the
+/// end of a grace period for a previous secret, else the token's expiry).
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The token.
+    pub record: TokenRecord,
+    /// When the presented secret stops working.
+    pub secret_expire_time: Option<DateTime<Utc>>,
+}
 
 tokio::task_local! {
     /// The rate-limit decision of the call being handled, for its reply's
@@ -42,6 +59,7 @@ pub struct Authenticator {
     limits: Arc<Limits>,
     limiter: Arc<RateLimiter>,
     throttle: Arc<FailureThrottle>,
+    events: Arc<EventHub>,
 }
 
 impl Authenticator {
@@ -53,8 +71,10 @@ impl Authenticator {
         clock: SharedClock,
         usage: Arc<UsageRecorder>,
         limits: Arc<Limits>,
+        events: Arc<EventHub>,
     ) -> Self {
         Self {
+            events,
             limiter: Arc::new(RateLimiter::new(Arc::clone(&clock))),
             throttle: Arc::new(FailureThrottle::new(
                 Arc::clone(&clock),
@@ -74,21 +94,79 @@ impl Authenticator {
         &self.limits
     }
 
-    /// The caller of `request`, from its bearer token, within its rate limits.
-    pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
+    /// The caller of `request`, from its bearer token, within its rate
+    /// limits. `namespace` is the namespace the request is about, if it
+    /// names one: a burst of failed authentications is audited there.
+    pub async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        namespace: Option<&str>,
+    ) -> Result<Principal, Error> {
+        self.authenticate_verified(request, namespace)
+            .await
+            .map(|authenticated| principal(&authenticated.record))
+    }
+
+    /// [`Authenticator::authenticate`], with what was verified.
+    pub async fn authenticate_verified<T>(
+        &self,
+        request: &Request<T>,
+        namespace: Option<&str>,
+    ) -> Result<Authenticated, Error> {
         let peer = request.remote_addr().map(|addr| addr.ip());
-        let record = match bearer_secret(request.metadata()) {
-            Ok(secret) => self.verify(secret, peer).await?,
-            Err(failure) => return Err(self.failed(Error::Unauthenticated(failure), peer)),
+        let context = RequestContext::of(request);
+        let result = match bearer_secret(request.metadata()) {
+            Ok(secret) => self.verify_from(secret, peer, Some(context.clone())).await,
+            Err(failure) => Err(self.failed(Error::Unauthenticated(failure), peer).await),
         };
-        let principal = principal(&record);
-        self.admit(&record)?;
-        Ok(principal)
+        let authenticated = match result {
+            Ok(authenticated) => authenticated,
+            Err(error) => {
+                if let (Some(peer), Some(namespace)) = (peer, namespace)
+                    && self.throttle.burst_started_now(peer)
+                {
+                    self.audit_burst(&context, namespace, peer).await;
+                }
+                return Err(error);
+            }
+        };
+        self.admit(&authenticated.record)?;
+        Ok(authenticated)
+    }
+
+    async fn audit_burst(&self, context: &RequestContext, namespace: &str, peer: IpAddr) {
+        let mut entry = context.entry(
+            namespace,
+            Action::AuthFailureBurst,
+            Actor::Named("unauthenticated"),
+            format!("namespaces/{namespace}"),
+            self.clock.now(),
+        );
+        entry.details.insert("peer".into(), peer.to_string());
+        entry
+            .details
+            .insert("limit_per_minute".into(), self.throttle.limit().to_string());
+        if let Err(error) = self.store.record_audit(entry).await {
+            warn!(error = %error, "could not audit a failed authentication burst");
+        }
     }
 
     /// The active token that `secret` belongs to; counts as a use by `peer`.
     /// A throttled peer is refused first; a failure counts against it.
-    pub async fn verify(&self, secret: Secret, peer: Option<IpAddr>) -> Result<TokenRecord, Error> {
+    pub async fn verify(
+        &self,
+        secret: Secret,
+        peer: Option<IpAddr>,
+    ) -> Result<Authenticated, Error> {
+        self.verify_from(secret, peer, None).await
+    }
+
+    async fn verify_from(
+        &self,
+        secret: Secret,
+        peer: Option<IpAddr>,
+        context: Option<RequestContext>,
+    ) -> Result<Authenticated, Error> {
         if let Some(peer) = peer
             && let Some(wait) = self.throttle.blocked(peer)
         {
@@ -101,8 +179,9 @@ impl Authenticator {
                 retry_after: Some(wait),
             });
         }
-        match self.lookup(secret).await {
-            Ok(record) => {
+        match self.lookup(secret, context).await {
+            Ok(authenticated) => {
+                let record = &authenticated.record;
                 let ip = peer.map(|ip| ip.to_string());
                 self.usage.record(
                     record.name.namespace().as_str(),
@@ -110,29 +189,81 @@ impl Authenticator {
                     self.clock.now(),
                     ip,
                 );
-                Ok(record)
+                Ok(authenticated)
             }
-            Err(error) => Err(self.failed(error, peer)),
+            Err(error) => Err(self.failed(error, peer).await),
         }
     }
 
-    async fn lookup(&self, secret: Secret) -> Result<TokenRecord, Error> {
+    async fn lookup(
+        &self,
+        secret: Secret,
+        context: Option<RequestContext>,
+    ) -> Result<Authenticated, Error> {
         let well_formed = self.format.parse(secret)?;
         let hash = self.keys.hash_secret(&well_formed);
-        let record = self
+        let (record, matched) = self
             .store
             .find_by_hash(&hash)
             .await?
             .ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
-        match record.state(self.clock.now()) {
-            TokenState::Revoked => Err(Error::Unauthenticated(AuthFailure::Revoked)),
-            TokenState::Expired => Err(Error::Unauthenticated(AuthFailure::Expired)),
-            TokenState::Active => Ok(record),
+        let now = self.clock.now();
+        match record.state(now) {
+            TokenState::Revoked => return Err(Error::Unauthenticated(AuthFailure::Revoked)),
+            TokenState::Expired => return Err(Error::Unauthenticated(AuthFailure::Expired)),
+            TokenState::Active => {}
         }
+        let secret_expire_time = match matched {
+            // A previous secret works only while its grace period lasts.
+            SecretMatch::Previous => {
+                let until = record
+                    .grace_until(now)
+                    .ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
+                Some(record.expire_time.map_or(until, |expiry| expiry.min(until)))
+            }
+            SecretMatch::Current => {
+                if record.end_grace_on_first_use && record.grace_until(now).is_some() {
+                    self.end_grace(&record, now, context).await?;
+                }
+                record.expire_time
+            }
+        };
+        Ok(Authenticated {
+            record,
+            secret_expire_time,
+        })
     }
 
-    /// Logs an authentication failure and counts it against the peer.
-    fn failed(&self, error: Error, peer: Option<IpAddr>) -> Error {
+    /// The first use of a new secret ends the previous one's grace period.
+    async fn end_grace(
+        &self,
+        record: &TokenRecord,
+        now: DateTime<Utc>,
+        context: Option<RequestContext>,
+    ) -> Result<(), Error> {
+        let context = context.unwrap_or_else(RequestContext::rule);
+        let principal = principal(record);
+        let mut entry = context.entry(
+            record.name.namespace().as_str(),
+            Action::GraceEnd,
+            Actor::Token(&principal),
+            record.name.to_string(),
+            now,
+        );
+        entry.resource_uid = Some(record.uid.clone());
+        entry
+            .details
+            .insert("reason".into(), "first use of the new secret".into());
+        if self.store.end_grace(record, now, entry).await? {
+            self.events.appended();
+            info!(token = %record.name, "grace period ended by the first use of the new secret");
+        }
+        Ok(())
+    }
+
+    /// Logs an authentication failure and counts it against the peer; the
+    /// start of a burst is logged once.
+    async fn failed(&self, error: Error, peer: Option<IpAddr>) -> Error {
         if let Error::Unauthenticated(failure) = &error {
             info!(reason = failure.reason(), peer = ?peer, "authentication failed");
             if let Some(peer) = peer

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use apitoken_domain::audit::Action;
 use apitoken_domain::{
     BOOTSTRAP_PRINCIPAL, Error, Role,
     clock::SharedClock,
@@ -12,6 +13,8 @@ use apitoken_domain::{
     token::{Secret, TokenFormat},
 };
 use apitoken_store::{NewToken, TokenRecord, TokenStore};
+
+use crate::audit::{Actor, RequestContext};
 use tracing::info;
 
 /// What to create.
@@ -66,6 +69,22 @@ pub async fn bootstrap_token(
             },
             // The escape hatch is not bound by the quota.
             None,
+            {
+                let mut entry = RequestContext::rule().entry(
+                    &request.namespace,
+                    Action::Create,
+                    Actor::Named(BOOTSTRAP_PRINCIPAL),
+                    format!(
+                        "namespaces/{}/apitokens/{}",
+                        request.namespace, request.token_id
+                    ),
+                    now,
+                );
+                entry
+                    .details
+                    .insert("role".into(), request.role.to_string());
+                entry
+            },
         )
         .await?;
     info!(token = %record.name, role = %record.role, "bootstrap token created");

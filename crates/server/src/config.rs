@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create a token straight in the database and print only its secret.
@@ -106,6 +106,34 @@ pub struct ServeArgs {
     /// Failed authentications a minute per peer address before it is refused.
     #[arg(long, env = "APITOKEN_FAILED_AUTH_LIMIT", default_value_t = 20)]
     pub failed_auth_limit: u32,
+    /// Every token must have an expiry.
+    #[arg(long, env = "APITOKEN_EXPIRY_REQUIRED")]
+    pub expiry_required: bool,
+    /// Longest token lifetime (e.g. `365d`).
+    #[arg(long, env = "APITOKEN_MAX_TOKEN_LIFETIME", value_parser = parse_duration)]
+    pub max_token_lifetime: Option<Duration>,
+    /// Lifetime of a token created without expiry (e.g. `90d`).
+    #[arg(long, env = "APITOKEN_DEFAULT_TOKEN_LIFETIME", value_parser = parse_duration)]
+    pub default_token_lifetime: Option<Duration>,
+    /// Per-namespace expiry rules replacing the above, e.g.
+    /// `payments:required,max=90d,default=30d;sandbox:max=7d`.
+    #[arg(long, env = "APITOKEN_NAMESPACE_EXPIRY_POLICIES", default_value = "", value_parser = parse_expiry_policies)]
+    pub namespace_expiry_policies: ExpiryPolicies,
+    /// Longest grace period for a regenerated token's previous secret.
+    #[arg(long, env = "APITOKEN_MAX_GRACE", default_value = "7d", value_parser = parse_duration)]
+    pub max_grace: Duration,
+    /// Expiry warning lead times.
+    #[arg(long, env = "APITOKEN_EXPIRY_WARNINGS", default_value = "14d,3d", value_parser = parse_durations)]
+    pub expiry_warnings: Durations,
+    /// Revoke tokens unused for this long (off unless set).
+    #[arg(long, env = "APITOKEN_REVOKE_UNUSED_AFTER", value_parser = parse_duration)]
+    pub revoke_unused_after: Option<Duration>,
+    /// Purge revoked and expired tokens after this long (frees their ids).
+    #[arg(long, env = "APITOKEN_TOKEN_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub token_retention: Duration,
+    /// Drop audit events after this long (never while their token exists).
+    #[arg(long, env = "APITOKEN_AUDIT_RETENTION", default_value = "365d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
     /// How long shutdown waits for in-flight calls before dropping them.
     #[arg(long, env = "APITOKEN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -212,6 +240,59 @@ fn parse_pairs(text: &str) -> Result<Vec<(String, u32)>, String> {
         .collect()
 }
 
+/// Per-namespace expiry rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpiryPolicies(pub std::collections::HashMap<String, crate::policy::ExpiryPolicy>);
+
+/// A list of durations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durations(pub Vec<Duration>);
+
+/// Parses `14d,3d`.
+pub fn parse_durations(text: &str) -> Result<Durations, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(parse_duration)
+        .collect::<Result<_, _>>()
+        .map(Durations)
+}
+
+/// Parses `payments:required,max=90d,default=30d;sandbox:max=7d`.
+pub fn parse_expiry_policies(text: &str) -> Result<ExpiryPolicies, String> {
+    let mut policies = std::collections::HashMap::new();
+    for spec in text
+        .split(';')
+        .map(str::trim)
+        .filter(|spec| !spec.is_empty())
+    {
+        let (namespace, rules) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("`{spec}` is not `namespace:rules`"))?;
+        apitoken_domain::name::check_id("namespace", namespace)
+            .map_err(|violation| format!("namespace `{namespace}` {}", violation.description))?;
+        let mut policy = crate::policy::ExpiryPolicy::default();
+        for rule in rules
+            .split(',')
+            .map(str::trim)
+            .filter(|rule| !rule.is_empty())
+        {
+            match rule.split_once('=') {
+                None if rule == "required" => policy.required = true,
+                Some(("max", value)) => policy.max_lifetime = Some(parse_duration(value)?),
+                Some(("default", value)) => policy.default_lifetime = Some(parse_duration(value)?),
+                _ => {
+                    return Err(format!(
+                        "`{rule}` is not `required`, `max=DURATION` or `default=DURATION`"
+                    ));
+                }
+            }
+        }
+        policies.insert(namespace.to_owned(), policy);
+    }
+    Ok(ExpiryPolicies(policies))
+}
+
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| format!("`{text}` is not a role: use viewer, editor or owner"))
 }
@@ -254,6 +335,26 @@ mod tests {
         assert!(parse_namespace_map("Payments=1").is_err());
         assert!(parse_namespace_map("payments=0").is_err());
         assert!(parse_namespace_map("payments").is_err());
+    }
+
+    #[test]
+    fn policies_parse() {
+        let policies =
+            parse_expiry_policies("payments:required,max=90d,default=30d; sandbox:max=7d")
+                .expect("policies");
+        let payments = policies.0["payments"];
+        assert!(payments.required);
+        assert_eq!(
+            payments.max_lifetime,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(
+            payments.default_lifetime,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert!(!policies.0["sandbox"].required);
+        assert!(parse_expiry_policies("payments:forever").is_err());
+        assert_eq!(parse_durations("14d,3d").map(|d| d.0.len()), Ok(2));
     }
 
     #[test]

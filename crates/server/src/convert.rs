@@ -48,6 +48,7 @@ pub fn api_token(record: &TokenRecord, now: DateTime<Utc>, rate_limit: u32) -> v
         update_time: Some(timestamp(record.update_time)),
         rate_limit: i32::try_from(rate_limit).unwrap_or(i32::MAX),
         last_use_ip: record.last_use_ip.clone().unwrap_or_default(),
+        previous_secret_expire_time: record.grace_until(now).map(timestamp),
     }
 }
 

@@ -10,6 +10,9 @@
 //! - [`usage`]: batched `last_use_time` / `use_count` writes.
 //! - [`events`]: the token event stream and the expiry sweeper.
 //! - [`metrics`]: per-method request counts.
+//! - [`audit`]: audit entries of requests.
+//! - [`policy`]: expiry policy, grace, warnings, inactivity and retention.
+//! - [`lifecycle`]: the sweeper applying that policy over time.
 //! - [`bootstrap`]: the first owner token, made straight in the database.
 //! - [`telemetry`]: logging setup.
 //!
@@ -17,13 +20,16 @@
 //! only through `apitoken_domain::status`.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod convert;
 pub mod events;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod policy;
 pub mod service;
 pub mod telemetry;
 pub mod usage;

@@ -10,6 +10,7 @@ use apitoken_server::{
     config::{Cli, Command, DatabaseArgs, ServeArgs},
     events::EventTiming,
     limits::Limits,
+    policy::{ExpiryPolicy, Policy},
     telemetry,
 };
 use apitoken_store::{StoreOptions, TokenStore};
@@ -23,7 +24,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Bootstrap(args)) => bootstrap(args).await,
     };
@@ -54,6 +55,19 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         health_check_interval: args.health_check_interval,
         migrate: !args.no_migrate,
         shutdown_grace: args.shutdown_grace,
+        policy: Policy {
+            expiry: ExpiryPolicy {
+                required: args.expiry_required,
+                max_lifetime: args.max_token_lifetime,
+                default_lifetime: args.default_token_lifetime,
+            },
+            namespace_expiry: args.namespace_expiry_policies.0,
+            max_grace: args.max_grace,
+            warning_leads: args.expiry_warnings.0,
+            revoke_unused_after: args.revoke_unused_after,
+            token_retention: args.token_retention,
+            audit_retention: args.audit_retention,
+        },
         limits: Limits {
             role_rate_limits: args.role_rate_limits.0,
             namespace_rate_limit: args.namespace_rate_limit,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use apitoken_domain::audit::{Action, AuditFilter};
 use apitoken_domain::{
     Error, Principal, Role, TokenState,
     clock::SharedClock,
@@ -15,16 +16,18 @@ use apitoken_domain::{
     validate::{self, Violations},
 };
 use apitoken_proto::v1::{self, api_token_service_server::ApiTokenService as ApiTokenServiceRpc};
-use apitoken_store::{ListQuery, NewToken, TokenChanges, TokenRecord, TokenStore};
+use apitoken_store::{Grace, ListQuery, NewToken, TokenChanges, TokenRecord, TokenStore};
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::{
+    audit::{Actor, RequestContext, audit_event},
     auth::{Authenticator, RATE_DECISION},
     convert::{api_token, from_timestamp, required},
     events::{EventHub, EventStream},
     limits::{MAX_TOKEN_RATE_LIMIT, add_rate_headers},
+    policy::{Policy, human},
 };
 use apitoken_store::UsageReport;
 use std::sync::Arc;
@@ -52,6 +55,7 @@ pub struct ApiTokenService {
     keys: Keys,
     clock: SharedClock,
     events: Arc<EventHub>,
+    policy: Arc<Policy>,
 }
 
 /// Most usages in one `ReportApiTokenUsage` call.
@@ -73,6 +77,7 @@ impl ApiTokenService {
         keys: Keys,
         clock: SharedClock,
         events: Arc<EventHub>,
+        policy: Arc<Policy>,
     ) -> Self {
         Self {
             store,
@@ -81,7 +86,34 @@ impl ApiTokenService {
             keys,
             clock,
             events,
+            policy,
         }
+    }
+
+    /// Records a policy refusal in the audit log and returns the error the
+    /// caller gets (`INVALID_ARGUMENT` naming the field and the limit).
+    async fn refuse_by_policy(
+        &self,
+        context: &RequestContext,
+        caller: &Principal,
+        resource: String,
+        field: &str,
+        description: String,
+    ) -> Error {
+        let namespace = caller.namespace().to_owned();
+        let mut entry = context.entry(
+            &namespace,
+            Action::PolicyRefusal,
+            Actor::Token(caller),
+            resource,
+            self.clock.now(),
+        );
+        entry.details.insert("field".into(), field.to_owned());
+        entry.details.insert("reason".into(), description.clone());
+        if let Err(error) = self.store.record_audit(entry).await {
+            return error;
+        }
+        Error::invalid(field, description)
     }
 
     /// The wire form of a token, with the rate limit in force for it.
@@ -103,7 +135,11 @@ impl ApiTokenService {
         &self,
         request: Request<v1::CreateApiTokenRequest>,
     ) -> Result<v1::CreateApiTokenResponse, Error> {
-        let caller = self.auth.authenticate(&request).await?;
+        let context = RequestContext::of(&request);
+        let caller = self
+            .auth
+            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+            .await?;
         let request = request.into_inner();
         let namespace = Namespace::parse_parent("parent", &request.parent)?;
         caller.authorize(namespace.as_str(), Role::Owner)?;
@@ -144,6 +180,20 @@ impl ApiTokenService {
             }
             None => None,
         };
+        let ttl = match &request.ttl {
+            None => None,
+            Some(ttl) => match positive_duration(ttl) {
+                Some(ttl) => Some(ttl),
+                None => {
+                    violations.add("ttl", "must be a positive duration");
+                    None
+                }
+            },
+        };
+        if token.expire_time.is_some() && request.ttl.is_some() {
+            violations.add("ttl", "set api_token.expire_time or ttl, not both");
+        }
+        let expire_time = expire_time.or_else(|| ttl.map(|ttl| now + ttl));
         let rate_limit = match u32::try_from(token.rate_limit) {
             Ok(0) => None,
             Ok(limit) if limit <= MAX_TOKEN_RATE_LIMIT => Some(limit),
@@ -170,6 +220,45 @@ impl ApiTokenService {
         let role = role.ok_or(Error::Internal)?;
         caller.may_grant(role)?;
 
+        // The expiry policy of the namespace.
+        let policy = self.policy.expiry(namespace.as_str());
+        let field = if request.ttl.is_some() {
+            "ttl"
+        } else {
+            "api_token.expire_time"
+        };
+        let expire_time = expire_time.or_else(|| {
+            policy
+                .default_lifetime
+                .and_then(|lifetime| chrono::Duration::from_std(lifetime).ok())
+                .map(|lifetime| now + lifetime)
+        });
+        if expire_time.is_none() && policy.required {
+            let description = format!(
+                "is required by the expiry policy of namespace {namespace}: set api_token.expire_time or ttl"
+            );
+            return Err(self
+                .refuse_by_policy(
+                    &context,
+                    &caller,
+                    expected_name,
+                    "api_token.expire_time",
+                    description,
+                )
+                .await);
+        }
+        if let (Some(expire_time), Some(max)) = (expire_time, policy.max_lifetime)
+            && chrono::Duration::from_std(max).is_ok_and(|max| expire_time > now + max)
+        {
+            let description = format!(
+                "must be at most {} from now: the maximum lifetime of tokens in namespace {namespace}",
+                human(max)
+            );
+            return Err(self
+                .refuse_by_policy(&context, &caller, expected_name, field, description)
+                .await);
+        }
+
         let namespace_id = namespace.clone();
         let name = TokenName::new(namespace, "api_token_id", &request.api_token_id)?;
         let minted = self.mint()?;
@@ -190,6 +279,22 @@ impl ApiTokenService {
                     now,
                 },
                 Some(self.auth.limits().quota(namespace_id.as_str())),
+                {
+                    let mut entry = context.entry(
+                        namespace_id.as_str(),
+                        Action::Create,
+                        Actor::Token(&caller),
+                        expected_name.clone(),
+                        now,
+                    );
+                    entry.details.insert("role".into(), role.to_string());
+                    if let Some(expiry) = expire_time {
+                        entry
+                            .details
+                            .insert("expire_time".into(), expiry.to_rfc3339());
+                    }
+                    entry
+                },
             )
             .await?;
         info!(token = %record.name, role = %record.role, actor = %caller.name, "token created");
@@ -208,7 +313,10 @@ impl ApiTokenService {
         name: &str,
         min_role: Role,
     ) -> Result<(Principal, TokenName), Error> {
-        let caller = self.auth.authenticate(request).await?;
+        let caller = self
+            .auth
+            .authenticate(request, namespace_hint(name))
+            .await?;
         let name = TokenName::parse(field, name)?;
         caller.authorize(name.namespace().as_str(), min_role)?;
         Ok((caller, name))
@@ -226,7 +334,10 @@ impl ApiTokenService {
         &self,
         request: Request<v1::ListApiTokensRequest>,
     ) -> Result<v1::ListApiTokensResponse, Error> {
-        let caller = self.auth.authenticate(&request).await?;
+        let caller = self
+            .auth
+            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+            .await?;
         let request = request.into_inner();
         let namespace = Namespace::parse_parent("parent", &request.parent)?;
         caller.authorize(namespace.as_str(), Role::Viewer)?;
@@ -290,17 +401,29 @@ impl ApiTokenService {
         &self,
         request: Request<v1::UpdateApiTokenRequest>,
     ) -> Result<v1::ApiToken, Error> {
+        let context = RequestContext::of(&request);
         let token = required("api_token", request.get_ref().api_token.as_ref())?.clone();
         let (caller, name) = self
             .authorize_on_name(&request, "api_token.name", &token.name, Role::Owner)
             .await?;
         let paths = update_paths(&token, request.get_ref().update_mask.as_ref())?;
         let now = self.clock.now();
+        let mut entry = context.entry(
+            name.namespace().as_str(),
+            Action::Update,
+            Actor::Token(&caller),
+            name.to_string(),
+            now,
+        );
+        entry.details.insert("fields".into(), paths.join(","));
         let record = self
             .store
-            .update(&name, now, |current| {
-                changes_for(&token, &paths, current, &caller, now)
-            })
+            .update(
+                &name,
+                now,
+                |current| changes_for(&token, &paths, current, &caller, now),
+                entry,
+            )
             .await?;
         self.events.appended();
         info!(token = %record.name, fields = ?paths, actor = %caller.name, "token updated");
@@ -311,10 +434,47 @@ impl ApiTokenService {
         &self,
         request: Request<v1::RegenerateApiTokenRequest>,
     ) -> Result<v1::RegenerateApiTokenResponse, Error> {
+        let context = RequestContext::of(&request);
         let (caller, name) = self
             .authorize_on_name(&request, "name", &request.get_ref().name, Role::Owner)
             .await?;
         let now = self.clock.now();
+        let grace_ttl = match &request.get_ref().previous_secret_ttl {
+            None => None,
+            Some(ttl) if ttl.seconds == 0 && ttl.nanos == 0 => None,
+            Some(ttl) => Some(
+                positive_duration(ttl)
+                    .ok_or_else(|| Error::invalid("previous_secret_ttl", "must not be negative"))?,
+            ),
+        };
+        if let Some(ttl) = grace_ttl
+            && chrono::Duration::from_std(self.policy.max_grace).is_ok_and(|max| ttl > max)
+        {
+            let description = format!(
+                "must be at most {}: the longest grace period of this deployment",
+                human(self.policy.max_grace)
+            );
+            return Err(self
+                .refuse_by_policy(
+                    &context,
+                    &caller,
+                    name.to_string(),
+                    "previous_secret_ttl",
+                    description,
+                )
+                .await);
+        }
+        let end_on_first_use = request.get_ref().end_grace_on_first_use;
+        if end_on_first_use && grace_ttl.is_none() {
+            return Err(Error::invalid(
+                "end_grace_on_first_use",
+                "needs a previous_secret_ttl: without a grace period the previous secret dies at once",
+            ));
+        }
+        let grace = grace_ttl.map(|ttl| Grace {
+            until: now + ttl,
+            end_on_first_use,
+        });
         let current = self.store.get(&name).await?;
         if current.state(now) == TokenState::Expired {
             return Err(Error::FailedPrecondition {
@@ -324,9 +484,26 @@ impl ApiTokenService {
             });
         }
         let minted = self.mint()?;
+        let mut entry = context.entry(
+            name.namespace().as_str(),
+            Action::Regenerate,
+            Actor::Token(&caller),
+            name.to_string(),
+            now,
+        );
+        if let Some(grace) = grace {
+            entry.details.insert(
+                "previous_secret_expire_time".into(),
+                grace.until.to_rfc3339(),
+            );
+            entry.details.insert(
+                "end_grace_on_first_use".into(),
+                grace.end_on_first_use.to_string(),
+            );
+        }
         let record = self
             .store
-            .regenerate(&name, &minted.hash, minted.hint, now)
+            .regenerate(&name, &minted.hash, minted.hint, now, grace, entry)
             .await?;
         self.events.appended();
         info!(token = %record.name, actor = %caller.name, "token regenerated");
@@ -340,16 +517,31 @@ impl ApiTokenService {
         &self,
         request: Request<v1::RevokeApiTokenRequest>,
     ) -> Result<v1::ApiToken, Error> {
-        let caller = self.auth.authenticate(&request).await?;
+        let context = RequestContext::of(&request);
+        let caller = self
+            .auth
+            .authenticate(&request, namespace_hint(&request.get_ref().name))
+            .await?;
         let name = TokenName::parse("name", &request.get_ref().name)?;
         // Any token may revoke itself: the first thing to do with a leak.
-        if caller.name != name {
+        let itself = caller.name == name;
+        if !itself {
             caller.authorize(name.namespace().as_str(), Role::Owner)?;
         }
         let now = self.clock.now();
+        let mut entry = context.entry(
+            name.namespace().as_str(),
+            Action::Revoke,
+            Actor::Token(&caller),
+            name.to_string(),
+            now,
+        );
+        if itself {
+            entry.details.insert("self".into(), "true".into());
+        }
         let record = self
             .store
-            .revoke(&name, &caller.name.to_string(), now)
+            .revoke(&name, &caller.name.to_string(), now, entry)
             .await?;
         self.events.appended();
         info!(token = %record.name, actor = %caller.name, "token revoked");
@@ -361,8 +553,7 @@ impl ApiTokenService {
         request: Request<v1::VerifyApiTokenRequest>,
     ) -> Result<v1::VerifyApiTokenResponse, Error> {
         let record = if request.get_ref().secret.is_empty() {
-            let caller = self.auth.authenticate(&request).await?;
-            self.store.get(&caller.name).await?
+            self.auth.authenticate_verified(&request, None).await?
         } else {
             // An interceptor names the address of the call it authenticates.
             let peer = request.remote_addr().map(|addr| addr.ip());
@@ -383,7 +574,9 @@ impl ApiTokenService {
                 .verify(Secret::new(request.secret), caller)
                 .await?
         };
+        let (record, secret_expire_time) = (record.record, record.secret_expire_time);
         Ok(v1::VerifyApiTokenResponse {
+            secret_expire_time: secret_expire_time.map(crate::convert::timestamp),
             api_token: Some(self.present(&record, self.clock.now())),
             namespace_rate_limit: i32::try_from(
                 self.auth
@@ -400,7 +593,10 @@ impl ApiTokenService {
         &self,
         request: Request<v1::WatchApiTokenEventsRequest>,
     ) -> Result<EventStream, Error> {
-        let caller = self.auth.authenticate(&request).await?;
+        let caller = self
+            .auth
+            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+            .await?;
         let request = request.into_inner();
         let namespace = Namespace::parse_parent("parent", &request.parent)?;
         caller.authorize(namespace.as_str(), Role::Viewer)?;
@@ -415,7 +611,10 @@ impl ApiTokenService {
         &self,
         request: Request<v1::ReportApiTokenUsageRequest>,
     ) -> Result<v1::ReportApiTokenUsageResponse, Error> {
-        let caller = self.auth.authenticate(&request).await?;
+        let caller = self
+            .auth
+            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+            .await?;
         let request = request.into_inner();
         let namespace = Namespace::parse_parent("parent", &request.parent)?;
         caller.authorize(namespace.as_str(), Role::Viewer)?;
@@ -474,6 +673,78 @@ impl ApiTokenService {
             accepted: i32::try_from(accepted).unwrap_or(i32::MAX),
         })
     }
+}
+
+impl ApiTokenService {
+    async fn list_audit(
+        &self,
+        request: Request<v1::ListAuditEventsRequest>,
+    ) -> Result<v1::ListAuditEventsResponse, Error> {
+        let caller = self
+            .auth
+            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+            .await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse_parent("parent", &request.parent)?;
+        caller.authorize(namespace.as_str(), Role::Owner)?;
+        let mut violations = Violations::default();
+        let page_size = match u64::try_from(request.page_size) {
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(size) => size.min(MAX_PAGE_SIZE),
+            Err(_) => {
+                violations.add("page_size", "must not be negative");
+                DEFAULT_PAGE_SIZE
+            }
+        };
+        let filter = violations.take(AuditFilter::parse("filter", &request.filter))?;
+        let query =
+            QueryFingerprint::of(&request.parent, &format!("audit:{}", request.filter), false);
+        let before_id = if request.page_token.is_empty() {
+            None
+        } else {
+            violations.take(page::decode(
+                &self.keys,
+                "page_token",
+                query,
+                &request.page_token,
+            ))?
+        };
+        violations.finish()?;
+        let filter = filter.unwrap_or_default();
+        let mut records = self
+            .store
+            .list_audit(namespace.as_str(), &filter, before_id, page_size + 1)
+            .await?;
+        let next_page_token = if records.len() as u64 > page_size {
+            records.truncate(page_size as usize);
+            records
+                .last()
+                .map(|last| page::encode(&self.keys, query, last.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(v1::ListAuditEventsResponse {
+            audit_events: records.iter().map(audit_event).collect(),
+            next_page_token,
+        })
+    }
+}
+
+/// The namespace a request names in `namespaces/{namespace}/...`, if valid.
+fn namespace_hint(name: &str) -> Option<&str> {
+    let namespace = name.strip_prefix("namespaces/")?.split('/').next()?;
+    check_id("parent", namespace).is_ok().then_some(namespace)
+}
+
+/// A non-negative wire duration, if valid.
+fn positive_duration(duration: &prost_types::Duration) -> Option<chrono::Duration> {
+    if duration.seconds < 0 || duration.nanos < 0 || duration.nanos >= 1_000_000_000 {
+        return None;
+    }
+    let duration = chrono::Duration::try_seconds(duration.seconds)?
+        .checked_add(&chrono::Duration::nanoseconds(i64::from(duration.nanos)))?;
+    (duration > chrono::Duration::zero()).then_some(duration)
 }
 
 /// The fields an update touches: the mask's paths (`*` for all), or, with
@@ -707,6 +978,13 @@ impl ApiTokenServiceRpc for ApiTokenService {
     }
 
     type WatchApiTokenEventsStream = EventStream;
+
+    async fn list_audit_events(
+        &self,
+        request: Request<v1::ListAuditEventsRequest>,
+    ) -> Result<Response<v1::ListAuditEventsResponse>, Status> {
+        with_rate_headers(self.list_audit(request)).await
+    }
 
     async fn watch_api_token_events(
         &self,

@@ -32,6 +32,10 @@ pub struct Model {
     pub expiry_notified: bool,
     pub rate_limit: Option<i32>,
     pub last_use_ip: Option<String>,
+    pub previous_secret_hash: Option<Vec<u8>>,
+    pub previous_secret_expire_time: Option<DateTimeUtc>,
+    pub end_grace_on_first_use: bool,
+    pub expiry_warning_level: i16,
 }
 
 impl std::fmt::Debug for Model {

@@ -1,8 +1,8 @@
 //! Persistence of apitoken on SQLite (the embedded default) or PostgreSQL
 //! (production, several replicas), through sea-orm.
 //!
-//! - [`entity`], [`event_entity`]: the sea-orm entities of `api_tokens` and
-//!   `api_token_events`.
+//! - [`entity`], [`event_entity`], [`audit_entity`]: the sea-orm entities of
+//!   `api_tokens`, `api_token_events` and `audit_events`.
 //! - [`record`]: the rows as domain values ([`TokenRecord`]) and what callers
 //!   hand in ([`NewToken`], [`TokenChanges`], [`ListQuery`]).
 //! - [`store`]: [`TokenStore`], every query the service makes. Each write is
@@ -11,10 +11,14 @@
 //!
 //! Architecture invariant: only the hash of a secret reaches this crate.
 
+pub mod audit_entity;
 pub mod entity;
 pub mod event_entity;
 pub mod record;
 pub mod store;
 
-pub use record::{EventRecord, ListQuery, NewToken, TokenChanges, TokenRecord, UsageReport};
+pub use record::{
+    AuditEntry, AuditRecord, EventRecord, Grace, ListQuery, NewToken, SecretMatch, TokenChanges,
+    TokenRecord, UsageReport,
+};
 pub use store::{StoreOptions, TokenStore};

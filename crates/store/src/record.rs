@@ -48,9 +48,24 @@ pub struct TokenRecord {
     pub rate_limit: Option<u32>,
     /// Address of the caller of the last use.
     pub last_use_ip: Option<String>,
+    /// Hash of the previous secret, during a grace period.
+    pub previous_secret_hash: Option<SecretHash>,
+    /// When the previous secret stops working.
+    pub previous_secret_expire_time: Option<DateTime<Utc>>,
+    /// End the grace period on first use of the current secret.
+    pub end_grace_on_first_use: bool,
+    /// How many expiry warning lead times were announced.
+    pub expiry_warning_level: i16,
 }
 
 impl TokenRecord {
+    /// The previous secret's grace end, if a grace period is running at `now`.
+    pub fn grace_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.previous_secret_expire_time.filter(|until| {
+            *until > now && self.previous_secret_hash.is_some() && self.revoke_time.is_none()
+        })
+    }
+
     /// The state at `now`.
     pub fn state(&self, now: DateTime<Utc>) -> TokenState {
         TokenState::at(self.revoke_time, self.expire_time, now)
@@ -156,4 +171,60 @@ pub struct EventRecord {
     pub uid: String,
     /// When.
     pub event_time: DateTime<Utc>,
+}
+
+/// Which secret of a token a lookup matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretMatch {
+    /// The current secret.
+    Current,
+    /// The previous secret (a grace period may be running).
+    Previous,
+}
+
+/// A grace period for the previous secret at regeneration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grace {
+    /// When the previous secret stops working.
+    pub until: DateTime<Utc>,
+    /// Whether the first use of the new secret ends it.
+    pub end_on_first_use: bool,
+}
+
+/// An audit event to append. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Namespace the event belongs to.
+    pub namespace: String,
+    /// When.
+    pub time: DateTime<Utc>,
+    /// What.
+    pub action: apitoken_domain::audit::Action,
+    /// Who: a token's name, `bootstrap` or `rule:<name>`.
+    pub actor: String,
+    /// The acting token's uid.
+    pub actor_uid: Option<String>,
+    /// The resource acted on.
+    pub resource: String,
+    /// The uid of the token acted on (filled in by the store on create).
+    pub resource_uid: Option<String>,
+    /// Caller address.
+    pub peer_address: Option<String>,
+    /// Caller user agent.
+    pub user_agent: Option<String>,
+    /// Request id.
+    pub request_id: String,
+    /// W3C trace id.
+    pub trace_id: Option<String>,
+    /// Small facts.
+    pub details: BTreeMap<String, String>,
+}
+
+/// A stored audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Row id; the keyset cursor (newest is highest).
+    pub id: i64,
+    /// The event.
+    pub entry: AuditEntry,
 }

@@ -23,9 +23,13 @@ use sea_orm::{
 use tracing::{error, warn};
 
 use crate::{
+    audit_entity,
     entity::{self, Column, Entity},
     event_entity,
-    record::{EventRecord, ListQuery, NewToken, TokenChanges, TokenRecord, UsageReport},
+    record::{
+        AuditEntry, AuditRecord, EventRecord, Grace, ListQuery, NewToken, SecretMatch,
+        TokenChanges, TokenRecord, UsageReport,
+    },
 };
 
 /// Key of the PostgreSQL transaction lock that orders event sequences.
@@ -152,7 +156,12 @@ impl TokenStore {
     /// tokens more than that: insert and count are one transaction, and on
     /// PostgreSQL creations in one namespace are serialized, so concurrent
     /// creates cannot overshoot.
-    pub async fn insert(&self, token: NewToken, quota: Option<u32>) -> Result<TokenRecord, Error> {
+    pub async fn insert(
+        &self,
+        token: NewToken,
+        quota: Option<u32>,
+        audit: AuditEntry,
+    ) -> Result<TokenRecord, Error> {
         let namespace = token.name.namespace().as_str().to_owned();
         let now = token.now;
         let name = token.name.to_string();
@@ -185,6 +194,10 @@ impl TokenStore {
                 .rate_limit
                 .map(|limit| i32::try_from(limit).unwrap_or(i32::MAX))),
             last_use_ip: Set(None),
+            previous_secret_hash: Set(None),
+            previous_secret_expire_time: Set(None),
+            end_grace_on_first_use: Set(false),
+            expiry_warning_level: Set(0),
         };
         let txn = self.db.begin().await.map_err(db_error)?;
         if txn.get_database_backend() == DbBackend::Postgres {
@@ -220,8 +233,17 @@ impl TokenStore {
                 });
             }
         }
+        let record = to_record(model)?;
+        append_audit(
+            &txn,
+            AuditEntry {
+                resource_uid: Some(record.uid.clone()),
+                ..audit
+            },
+        )
+        .await?;
         txn.commit().await.map_err(db_error)?;
-        to_record(model)
+        Ok(record)
     }
 
     /// How many active (not revoked, not expired) tokens `namespace` has.
@@ -239,16 +261,36 @@ impl TokenStore {
         find_by_name(&self.db, name).await
     }
 
-    /// The token whose current secret hashes to `hash`, if any.
-    pub async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<TokenRecord>, Error> {
+    /// The token whose current or previous secret hashes to `hash`, if any,
+    /// and which of the two matched.
+    pub async fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+    ) -> Result<Option<(TokenRecord, SecretMatch)>, Error> {
+        let bytes = hash.as_bytes().to_vec();
         let model = Entity::find()
-            .filter(Column::SecretHash.eq(hash.as_bytes().to_vec()))
+            .filter(
+                Condition::any()
+                    .add(Column::SecretHash.eq(bytes.clone()))
+                    .add(Column::PreviousSecretHash.eq(bytes)),
+            )
             .one(&self.db)
             .await
             .map_err(db_error)?;
-        let record = model.map(to_record).transpose()?;
+        let Some(record) = model.map(to_record).transpose()? else {
+            return Ok(None);
+        };
         // The index found it; compare in constant time all the same.
-        Ok(record.filter(|record| record.secret_hash.matches(hash)))
+        if record.secret_hash.matches(hash) {
+            Ok(Some((record, SecretMatch::Current)))
+        } else if record
+            .previous_secret_hash
+            .is_some_and(|previous| previous.matches(hash))
+        {
+            Ok(Some((record, SecretMatch::Previous)))
+        } else {
+            Ok(None)
+        }
     }
 
     /// A page of a namespace's tokens, newest first.
@@ -287,6 +329,7 @@ impl TokenStore {
         name: &TokenName,
         now: DateTime<Utc>,
         decide: F,
+        audit: AuditEntry,
     ) -> Result<TokenRecord, Error>
     where
         F: Fn(&TokenRecord) -> Result<TokenChanges, Error> + Send + Sync,
@@ -333,6 +376,14 @@ impl TokenStore {
             let result = update.exec(&txn).await.map_err(db_error)?;
             if result.rows_affected == 1 {
                 append_event(&txn, &current, EventKind::Updated, now).await?;
+                append_audit(
+                    &txn,
+                    AuditEntry {
+                        resource_uid: Some(current.uid.clone()),
+                        ..audit
+                    },
+                )
+                .await?;
                 txn.commit().await.map_err(db_error)?;
                 return find_by_name(&self.db, name).await;
             }
@@ -350,9 +401,27 @@ impl TokenStore {
         secret_hash: &SecretHash,
         secret_hint: String,
         now: DateTime<Utc>,
+        grace: Option<Grace>,
+        audit: AuditEntry,
     ) -> Result<TokenRecord, Error> {
         let txn = self.begin_event_write().await?;
+        // With a grace period the current secret becomes the previous one
+        // (SQL reads the row's old values on the right-hand side); without,
+        // any previous secret dies too.
+        let previous_hash = match grace {
+            Some(_) => Expr::col(Column::SecretHash),
+            None => Expr::value(Option::<Vec<u8>>::None),
+        };
         let result = Entity::update_many()
+            .col_expr(Column::PreviousSecretHash, previous_hash)
+            .col_expr(
+                Column::PreviousSecretExpireTime,
+                Expr::value(grace.map(|grace| grace.until)),
+            )
+            .col_expr(
+                Column::EndGraceOnFirstUse,
+                Expr::value(grace.is_some_and(|grace| grace.end_on_first_use)),
+            )
             .col_expr(
                 Column::SecretHash,
                 Expr::value(secret_hash.as_bytes().to_vec()),
@@ -376,6 +445,14 @@ impl TokenStore {
         }
         let record = find_by_name(&txn, name).await?;
         append_event(&txn, &record, EventKind::Regenerated, now).await?;
+        append_audit(
+            &txn,
+            AuditEntry {
+                resource_uid: Some(record.uid.clone()),
+                ..audit
+            },
+        )
+        .await?;
         txn.commit().await.map_err(db_error)?;
         Ok(record)
     }
@@ -388,10 +465,19 @@ impl TokenStore {
         name: &TokenName,
         revoker: &str,
         now: DateTime<Utc>,
+        audit: AuditEntry,
     ) -> Result<TokenRecord, Error> {
         let txn = self.begin_event_write().await?;
         let result = Entity::update_many()
             .col_expr(Column::RevokeTime, Expr::value(now))
+            .col_expr(
+                Column::PreviousSecretHash,
+                Expr::value(Option::<Vec<u8>>::None),
+            )
+            .col_expr(
+                Column::PreviousSecretExpireTime,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
             .col_expr(Column::Revoker, Expr::value(revoker.to_owned()))
             .col_expr(Column::Version, Expr::col(Column::Version).add(1))
             .col_expr(Column::UpdateTime, Expr::value(now))
@@ -403,6 +489,14 @@ impl TokenStore {
         let record = find_by_name(&txn, name).await?;
         if result.rows_affected == 1 {
             append_event(&txn, &record, EventKind::Revoked, now).await?;
+            append_audit(
+                &txn,
+                AuditEntry {
+                    resource_uid: Some(record.uid.clone()),
+                    ..audit
+                },
+            )
+            .await?;
         }
         txn.commit().await.map_err(db_error)?;
         Ok(record)
@@ -488,6 +582,221 @@ impl TokenStore {
         Ok(last.map_or(0, |event| event.id))
     }
 
+    /// Ends a running grace period (first use of the new secret): the
+    /// previous secret dies; event and audit in the same transaction.
+    /// Returns whether this call ended it.
+    pub async fn end_grace(
+        &self,
+        record: &TokenRecord,
+        now: DateTime<Utc>,
+        audit: AuditEntry,
+    ) -> Result<bool, Error> {
+        let txn = self.begin_event_write().await?;
+        let result = Entity::update_many()
+            .col_expr(
+                Column::PreviousSecretHash,
+                Expr::value(Option::<Vec<u8>>::None),
+            )
+            .col_expr(
+                Column::PreviousSecretExpireTime,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(Column::Id.eq(record.id))
+            .filter(Column::PreviousSecretHash.is_not_null())
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        if result.rows_affected == 0 {
+            return Ok(false);
+        }
+        append_event(&txn, record, EventKind::GraceEnded, now).await?;
+        append_audit(&txn, audit).await?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    /// Appends an audit event on its own (refusals and bursts: no change).
+    pub async fn record_audit(&self, entry: AuditEntry) -> Result<(), Error> {
+        append_audit(&self.db, entry).await
+    }
+
+    /// A page of a namespace's audit log, newest first.
+    pub async fn list_audit(
+        &self,
+        namespace: &str,
+        filter: &apitoken_domain::audit::AuditFilter,
+        before_id: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<AuditRecord>, Error> {
+        use audit_entity::Column as A;
+        let mut select = audit_entity::Entity::find().filter(A::Namespace.eq(namespace));
+        if let Some(action) = filter.action {
+            select = select.filter(A::Action.eq(action.as_i16()));
+        }
+        if let Some(resource) = &filter.resource {
+            select = select.filter(A::Resource.eq(resource.as_str()));
+        }
+        if let Some(since) = filter.since {
+            select = select.filter(A::EventTime.gte(since));
+        }
+        if let Some(until) = filter.until {
+            select = select.filter(A::EventTime.lt(until));
+        }
+        if let Some(before) = before_id {
+            select = select.filter(A::Id.lt(before));
+        }
+        select
+            .order_by_desc(A::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(to_audit_record)
+            .collect()
+    }
+
+    /// Tokens (at most `limit`) that reached the lead time `lead` before
+    /// their expiry without warning `level` (1-based) announced; each gets
+    /// its event and audit entry exactly once, even with several replicas.
+    pub async fn sweep_expiry_warnings(
+        &self,
+        now: DateTime<Utc>,
+        level: i16,
+        lead: chrono::Duration,
+        limit: u64,
+        audit: impl Fn(&TokenRecord) -> AuditEntry,
+    ) -> Result<Vec<TokenRecord>, Error> {
+        let due: Vec<TokenRecord> = Entity::find()
+            .filter(Column::RevokeTime.is_null())
+            .filter(Column::ExpireTime.gt(now))
+            .filter(Column::ExpireTime.lte(now + lead))
+            .filter(Column::ExpiryWarningLevel.lt(level))
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(to_record)
+            .collect::<Result<_, _>>()?;
+        let mut warned = Vec::with_capacity(due.len());
+        for record in due {
+            let txn = self.begin_event_write().await?;
+            let claimed = Entity::update_many()
+                .col_expr(Column::ExpiryWarningLevel, Expr::value(level))
+                .filter(Column::Id.eq(record.id))
+                .filter(Column::ExpiryWarningLevel.lt(level))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            if claimed.rows_affected == 1 {
+                append_event(&txn, &record, EventKind::ExpiryWarning, now).await?;
+                append_audit(&txn, audit(&record)).await?;
+                txn.commit().await.map_err(db_error)?;
+                warned.push(record);
+            }
+        }
+        Ok(warned)
+    }
+
+    /// Active tokens (at most `limit`) not used since `cutoff` (never-used
+    /// ones counted from creation), for the inactivity rule.
+    pub async fn inactive_since(
+        &self,
+        cutoff: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<TokenRecord>, Error> {
+        Entity::find()
+            .filter(state_condition(TokenState::Active, now))
+            .filter(
+                Condition::any().add(Column::LastUseTime.lte(cutoff)).add(
+                    Condition::all()
+                        .add(Column::LastUseTime.is_null())
+                        .add(Column::CreateTime.lte(cutoff)),
+                ),
+            )
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// Deletes tokens revoked or expired before `cutoff` (freeing their ids),
+    /// each with a `Purge` audit entry in the same transaction; then audit
+    /// events older than `audit_cutoff` whose token no longer exists.
+    pub async fn purge(
+        &self,
+        cutoff: DateTime<Utc>,
+        audit_cutoff: DateTime<Utc>,
+        limit: u64,
+        audit: impl Fn(&TokenRecord) -> AuditEntry,
+    ) -> Result<Vec<TokenRecord>, Error> {
+        let due: Vec<TokenRecord> = Entity::find()
+            .filter(
+                Condition::any().add(Column::RevokeTime.lte(cutoff)).add(
+                    Condition::all()
+                        .add(Column::RevokeTime.is_null())
+                        .add(Column::ExpireTime.lte(cutoff)),
+                ),
+            )
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(to_record)
+            .collect::<Result<_, _>>()?;
+        let mut purged = Vec::with_capacity(due.len());
+        for record in due {
+            let txn = self.db.begin().await.map_err(db_error)?;
+            let deleted = Entity::delete_many()
+                .filter(Column::Id.eq(record.id))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            if deleted.rows_affected == 1 {
+                append_audit(&txn, audit(&record)).await?;
+                txn.commit().await.map_err(db_error)?;
+                purged.push(record);
+            }
+        }
+        // The audit log is kept at least as long as the tokens it mentions.
+        let old = audit_entity::Entity::find()
+            .filter(audit_entity::Column::EventTime.lt(audit_cutoff))
+            .order_by_asc(audit_entity::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?;
+        for event in old {
+            let mentioned_token_exists = match &event.resource_uid {
+                Some(uid) => {
+                    Entity::find()
+                        .filter(Column::Uid.eq(uid.as_str()))
+                        .count(&self.db)
+                        .await
+                        .map_err(db_error)?
+                        > 0
+                }
+                None => false,
+            };
+            if !mentioned_token_exists {
+                audit_entity::Entity::delete_by_id(event.id)
+                    .exec(&self.db)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        Ok(purged)
+    }
+
     /// A transaction for a write that appends an event. On PostgreSQL it
     /// takes a transaction lock first, so that event sequences commit in
     /// order (a watcher at sequence n never later sees n - 1 appear).
@@ -562,6 +871,59 @@ async fn append_event(
     .await
     .map_err(db_error)?;
     Ok(())
+}
+
+async fn append_audit(db: &impl ConnectionTrait, entry: AuditEntry) -> Result<(), Error> {
+    let details = serde_json::to_string(&entry.details).map_err(|error| {
+        error!(error = %error, "cannot encode audit details");
+        Error::Internal
+    })?;
+    audit_entity::ActiveModel {
+        id: NotSet,
+        namespace: Set(entry.namespace),
+        event_time: Set(entry.time),
+        action: Set(entry.action.as_i16()),
+        actor: Set(entry.actor),
+        actor_uid: Set(entry.actor_uid),
+        resource: Set(entry.resource),
+        resource_uid: Set(entry.resource_uid),
+        peer_address: Set(entry.peer_address),
+        user_agent: Set(entry.user_agent),
+        request_id: Set(entry.request_id),
+        trace_id: Set(entry.trace_id),
+        details: Set(details),
+    }
+    .insert(db)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+fn to_audit_record(model: audit_entity::Model) -> Result<AuditRecord, Error> {
+    let corrupt = |what: &str| {
+        error!(id = model.id, what, "corrupt audit_events row");
+        Error::Internal
+    };
+    let action =
+        apitoken_domain::audit::Action::from_i16(model.action).ok_or_else(|| corrupt("action"))?;
+    let details = serde_json::from_str(&model.details).map_err(|_| corrupt("details"))?;
+    Ok(AuditRecord {
+        id: model.id,
+        entry: AuditEntry {
+            namespace: model.namespace,
+            time: model.event_time,
+            action,
+            actor: model.actor,
+            actor_uid: model.actor_uid,
+            resource: model.resource,
+            resource_uid: model.resource_uid,
+            peer_address: model.peer_address,
+            user_agent: model.user_agent,
+            request_id: model.request_id,
+            trace_id: model.trace_id,
+            details,
+        },
+    })
 }
 
 fn revoked_precondition(name: &TokenName, message: &str) -> Error {
@@ -663,6 +1025,13 @@ fn to_record(model: entity::Model) -> Result<TokenRecord, Error> {
         update_time: model.update_time,
         rate_limit: model.rate_limit.and_then(|limit| u32::try_from(limit).ok()),
         last_use_ip: model.last_use_ip,
+        previous_secret_hash: model
+            .previous_secret_hash
+            .as_deref()
+            .and_then(SecretHash::from_slice),
+        previous_secret_expire_time: model.previous_secret_expire_time,
+        end_grace_on_first_use: model.end_grace_on_first_use,
+        expiry_warning_level: model.expiry_warning_level,
     })
 }
 

@@ -1,0 +1,134 @@
+//! Audit entries of requests: who (the authenticated token), from where
+//! (peer address, user agent), and which request (`x-request-id` or one made
+//! up, the W3C trace id of `traceparent`). Never a secret.
+
+use std::collections::BTreeMap;
+
+use apitoken_domain::{Principal, audit::Action};
+use apitoken_proto::v1;
+use apitoken_store::{AuditEntry, AuditRecord};
+use chrono::{DateTime, Utc};
+use tonic::Request;
+
+use crate::convert::timestamp;
+
+/// Where a request came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestContext {
+    /// Peer address.
+    pub peer_address: Option<String>,
+    /// `user-agent`.
+    pub user_agent: Option<String>,
+    /// `x-request-id`, or a fresh one.
+    pub request_id: String,
+    /// The trace id of `traceparent`.
+    pub trace_id: Option<String>,
+}
+
+impl RequestContext {
+    /// The context of `request`.
+    pub fn of<T>(request: &Request<T>) -> Self {
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(|value| value.chars().take(200).collect::<String>())
+        };
+        Self {
+            peer_address: request.remote_addr().map(|addr| addr.ip().to_string()),
+            user_agent: header("user-agent"),
+            request_id: header("x-request-id").unwrap_or_else(uuid_like),
+            trace_id: header("traceparent").and_then(|traceparent| trace_id(&traceparent)),
+        }
+    }
+
+    /// A context for what a rule does, outside any request.
+    pub fn rule() -> Self {
+        Self {
+            request_id: uuid_like(),
+            ..Self::default()
+        }
+    }
+
+    /// An audit entry of `action` on `resource` by `actor`.
+    pub fn entry(
+        &self,
+        namespace: &str,
+        action: Action,
+        actor: Actor<'_>,
+        resource: String,
+        time: DateTime<Utc>,
+    ) -> AuditEntry {
+        let (actor, actor_uid) = match actor {
+            Actor::Token(principal) => (principal.name.to_string(), Some(principal.uid.clone())),
+            Actor::Named(name) => (name.to_owned(), None),
+        };
+        AuditEntry {
+            namespace: namespace.to_owned(),
+            time,
+            action,
+            actor,
+            actor_uid,
+            resource,
+            resource_uid: None,
+            peer_address: self.peer_address.clone(),
+            user_agent: self.user_agent.clone(),
+            request_id: self.request_id.clone(),
+            trace_id: self.trace_id.clone(),
+            details: BTreeMap::new(),
+        }
+    }
+}
+
+/// Who acted.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    /// A token.
+    Token(&'a Principal),
+    /// `bootstrap`, `rule:inactivity`, ...
+    Named(&'a str),
+}
+
+/// The trace id (second field) of a W3C `traceparent`.
+fn trace_id(traceparent: &str) -> Option<String> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+fn uuid_like() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The wire form of an audit record.
+pub fn audit_event(record: &AuditRecord) -> v1::AuditEvent {
+    let entry = &record.entry;
+    v1::AuditEvent {
+        name: format!("namespaces/{}/auditEvents/{}", entry.namespace, record.id),
+        event_time: Some(timestamp(entry.time)),
+        action: entry.action.to_proto().into(),
+        actor: entry.actor.clone(),
+        actor_uid: entry.actor_uid.clone().unwrap_or_default(),
+        resource: entry.resource.clone(),
+        resource_uid: entry.resource_uid.clone().unwrap_or_default(),
+        peer_address: entry.peer_address.clone().unwrap_or_default(),
+        user_agent: entry.user_agent.clone().unwrap_or_default(),
+        request_id: entry.request_id.clone(),
+        trace_id: entry.trace_id.clone().unwrap_or_default(),
+        details: entry.details.clone().into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_from_traceparent() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("garbage"), None);
+    }
+}
