@@ -27,6 +27,7 @@ use apitoken_server::{
     events::EventTiming,
     limits::Limits,
     metrics::RequestCounter,
+    policy::Policy,
 };
 use apitoken_store::TokenStore;
 use sea_orm::{ConnectionTrait, Database};
@@ -80,6 +81,8 @@ pub struct Options {
     /// Limits: generous by default (the manual clock never refills a budget
     /// by itself); rate-limit tests pass the real ones.
     pub limits: Limits,
+    /// The lifecycle policy (the deployment defaults unless changed).
+    pub policy: Policy,
 }
 
 /// Limits that tests of other features never reach.
@@ -105,6 +108,7 @@ impl Default for Options {
                 expiry_sweep_interval: Duration::from_millis(100),
             },
             limits: generous_limits(),
+            policy: Policy::default(),
         }
     }
 }
@@ -308,6 +312,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.shutdown_grace = Duration::from_millis(500);
     config.events = options.events;
     config.limits = options.limits.clone();
+    config.policy = options.policy.clone();
     if let Some(prefix) = &options.token_prefix {
         config.token_prefix = prefix.clone();
     }

@@ -343,13 +343,17 @@ impl Shared {
         if !trusted {
             return Ok(None);
         }
-        if entry
-            .principal
-            .expire_time
-            .is_some_and(|expiry| expiry <= self.clock.now())
-        {
+        let ends = entry.secret_expire_time.or(entry.principal.expire_time);
+        if ends.is_some_and(|end| end <= self.clock.now()) {
             self.cache.remove(key);
-            let error = Error::Unauthenticated(apitoken_domain::AuthFailure::Expired);
+            // The token expired, or this was a previous secret whose grace
+            // period is over (then it is simply no longer valid).
+            let failure = if ends == entry.principal.expire_time {
+                apitoken_domain::AuthFailure::Expired
+            } else {
+                apitoken_domain::AuthFailure::Invalid
+            };
+            let error = Error::Unauthenticated(failure);
             self.cache
                 .refuse(*key, error.clone(), now + self.settings.negative_ttl, now);
             return Err(error);
