@@ -136,13 +136,10 @@ impl ApiTokenService {
         request: Request<v1::CreateApiTokenRequest>,
     ) -> Result<v1::CreateApiTokenResponse, Error> {
         let context = RequestContext::of(&request);
-        let caller = self
-            .auth
-            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+        let (caller, namespace) = self
+            .authorize_on_parent(&request, &request.get_ref().parent, Role::Owner)
             .await?;
         let request = request.into_inner();
-        let namespace = Namespace::parse_parent("parent", &request.parent)?;
-        caller.authorize(namespace.as_str(), Role::Owner)?;
 
         let now = self.clock.now();
         let mut violations = Violations::default();
@@ -304,6 +301,23 @@ impl ApiTokenService {
         })
     }
 
+    /// Authenticates the caller and authorizes `min_role` on the namespace
+    /// named by `parent` (`namespaces/{namespace}`).
+    async fn authorize_on_parent<T>(
+        &self,
+        request: &Request<T>,
+        parent: &str,
+        min_role: Role,
+    ) -> Result<(Principal, Namespace), Error> {
+        let caller = self
+            .auth
+            .authenticate(request, namespace_hint(parent))
+            .await?;
+        let namespace = Namespace::parse_parent("parent", parent)?;
+        caller.authorize(namespace.as_str(), min_role)?;
+        Ok((caller, namespace))
+    }
+
     /// Authenticates the caller and authorizes `min_role` on the namespace of
     /// the token named in `field`.
     async fn authorize_on_name<T>(
@@ -334,23 +348,13 @@ impl ApiTokenService {
         &self,
         request: Request<v1::ListApiTokensRequest>,
     ) -> Result<v1::ListApiTokensResponse, Error> {
-        let caller = self
-            .auth
-            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+        let (_, namespace) = self
+            .authorize_on_parent(&request, &request.get_ref().parent, Role::Viewer)
             .await?;
         let request = request.into_inner();
-        let namespace = Namespace::parse_parent("parent", &request.parent)?;
-        caller.authorize(namespace.as_str(), Role::Viewer)?;
 
         let mut violations = Violations::default();
-        let page_size = match u64::try_from(request.page_size) {
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(size) => size.min(MAX_PAGE_SIZE),
-            Err(_) => {
-                violations.add("page_size", "must not be negative");
-                DEFAULT_PAGE_SIZE
-            }
-        };
+        let page_size = page_size(&mut violations, request.page_size);
         let filter = violations.take(ListFilter::parse("filter", &request.filter))?;
         let query = QueryFingerprint::of(&request.parent, &request.filter, request.show_revoked);
         let before_id = if request.page_token.is_empty() {
@@ -379,15 +383,9 @@ impl ApiTokenService {
                 now,
             })
             .await?;
-        let next_page_token = if records.len() as u64 > page_size {
-            records.truncate(page_size as usize);
-            records
-                .last()
-                .map(|last| page::encode(&self.keys, query, last.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut records, page_size, |last| {
+            page::encode(&self.keys, query, last.id)
+        });
         Ok(v1::ListApiTokensResponse {
             api_tokens: records
                 .iter()
@@ -593,13 +591,10 @@ impl ApiTokenService {
         &self,
         request: Request<v1::WatchApiTokenEventsRequest>,
     ) -> Result<EventStream, Error> {
-        let caller = self
-            .auth
-            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+        let (caller, namespace) = self
+            .authorize_on_parent(&request, &request.get_ref().parent, Role::Viewer)
             .await?;
         let request = request.into_inner();
-        let namespace = Namespace::parse_parent("parent", &request.parent)?;
-        caller.authorize(namespace.as_str(), Role::Viewer)?;
         let cursor = self.events.start(request.after_sequence).await?;
         info!(namespace = %namespace, cursor, watcher = %caller.name, "event stream opened");
         Ok(self
@@ -611,13 +606,10 @@ impl ApiTokenService {
         &self,
         request: Request<v1::ReportApiTokenUsageRequest>,
     ) -> Result<v1::ReportApiTokenUsageResponse, Error> {
-        let caller = self
-            .auth
-            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+        let (_, namespace) = self
+            .authorize_on_parent(&request, &request.get_ref().parent, Role::Viewer)
             .await?;
         let request = request.into_inner();
-        let namespace = Namespace::parse_parent("parent", &request.parent)?;
-        caller.authorize(namespace.as_str(), Role::Viewer)?;
         let now = self.clock.now();
         let mut violations = Violations::default();
         if request.usages.len() > MAX_USAGE_REPORTS {
@@ -680,22 +672,12 @@ impl ApiTokenService {
         &self,
         request: Request<v1::ListAuditEventsRequest>,
     ) -> Result<v1::ListAuditEventsResponse, Error> {
-        let caller = self
-            .auth
-            .authenticate(&request, namespace_hint(&request.get_ref().parent))
+        let (_, namespace) = self
+            .authorize_on_parent(&request, &request.get_ref().parent, Role::Owner)
             .await?;
         let request = request.into_inner();
-        let namespace = Namespace::parse_parent("parent", &request.parent)?;
-        caller.authorize(namespace.as_str(), Role::Owner)?;
         let mut violations = Violations::default();
-        let page_size = match u64::try_from(request.page_size) {
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(size) => size.min(MAX_PAGE_SIZE),
-            Err(_) => {
-                violations.add("page_size", "must not be negative");
-                DEFAULT_PAGE_SIZE
-            }
-        };
+        let page_size = page_size(&mut violations, request.page_size);
         let filter = violations.take(AuditFilter::parse("filter", &request.filter))?;
         let query =
             QueryFingerprint::of(&request.parent, &format!("audit:{}", request.filter), false);
@@ -715,20 +697,41 @@ impl ApiTokenService {
             .store
             .list_audit(namespace.as_str(), &filter, before_id, page_size + 1)
             .await?;
-        let next_page_token = if records.len() as u64 > page_size {
-            records.truncate(page_size as usize);
-            records
-                .last()
-                .map(|last| page::encode(&self.keys, query, last.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut records, page_size, |last| {
+            page::encode(&self.keys, query, last.id)
+        });
         Ok(v1::ListAuditEventsResponse {
             audit_events: records.iter().map(audit_event).collect(),
             next_page_token,
         })
     }
+}
+
+/// `page_size` (AIP-158): 0 means the default, larger than the maximum is
+/// lowered to it, negative is a violation.
+fn page_size(violations: &mut Violations, requested: i32) -> u64 {
+    match u64::try_from(requested) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(size) => size.min(MAX_PAGE_SIZE),
+        Err(_) => {
+            violations.add("page_size", "must not be negative");
+            DEFAULT_PAGE_SIZE
+        }
+    }
+}
+
+/// Cuts `records` (fetched with one extra row) to a page and returns the
+/// token of the next page, empty on the last one.
+fn next_page<T>(
+    records: &mut Vec<T>,
+    page_size: u64,
+    token_after: impl Fn(&T) -> String,
+) -> String {
+    if records.len() as u64 <= page_size {
+        return String::new();
+    }
+    records.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+    records.last().map(token_after).unwrap_or_default()
 }
 
 /// The namespace a request names in `namespaces/{namespace}/...`, if valid.
