@@ -46,6 +46,12 @@ impl Violations {
         }
     }
 
+    /// `INVALID_ARGUMENT` naming every recorded field (for a caller that
+    /// knows at least one was recorded).
+    pub fn into_error(self) -> Error {
+        Error::InvalidArgument(self.0)
+    }
+
     /// `Ok` if nothing was recorded, else `INVALID_ARGUMENT` naming every field.
     pub fn finish(self) -> Result<(), Error> {
         if self.0.is_empty() {

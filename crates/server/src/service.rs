@@ -144,7 +144,10 @@ impl ApiTokenService {
         let now = self.clock.now();
         let mut violations = Violations::default();
         violations.check(check_id("api_token_id", &request.api_token_id));
-        let token = required("api_token", request.api_token.as_ref())?;
+        let Some(token) = request.api_token.as_ref() else {
+            violations.add("api_token", "is required");
+            return Err(violations.into_error());
+        };
         let role = Role::from_proto(token.role);
         if role.is_none() {
             violations.add(
