@@ -222,13 +222,32 @@ async fn warnings_are_emitted_once_per_lead_time(backend: Backend) {
         .await
         .expect("create");
     let warnings = || async { audit(&server, "action = ACTION_EXPIRY_WARNING").await };
+    // Positive checks poll (the sweeper runs every 100 ms); negative ones
+    // give it several rounds first.
+    let server = &server;
+    let until_count = |count: usize| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = audit(server, "action = ACTION_EXPIRY_WARNING").await;
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{count} warnings expected, {} found",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     // Give the sweeper (every 100 ms here) several rounds at each point.
     let settle = || tokio::time::sleep(Duration::from_millis(400));
     settle().await;
     assert!(warnings().await.is_empty(), "20 days out: no warning yet");
     server.clock.advance(chrono::Duration::days(7));
+    let first = until_count(1).await;
     settle().await;
-    let first = warnings().await;
+    assert_eq!(warnings().await.len(), 1, "once");
     assert_eq!(first.len(), 1, "13 days out: the 14-day warning");
     assert_eq!(
         first[0].details.get("lead_time").map(String::as_str),
@@ -240,8 +259,7 @@ async fn warnings_are_emitted_once_per_lead_time(backend: Backend) {
     settle().await;
     assert_eq!(warnings().await.len(), 1, "8 days out: nothing new");
     server.clock.advance(chrono::Duration::days(6));
-    settle().await;
-    let both = warnings().await;
+    let both = until_count(2).await;
     assert_eq!(both.len(), 2, "2 days out: the 3-day warning");
     assert_eq!(
         both[0].details.get("lead_time").map(String::as_str),
@@ -273,7 +291,21 @@ async fn unused_tokens_are_revoked_by_the_inactivity_rule(backend: Backend) {
         .await
         .expect("use");
     // Let the usage flush record those uses before time moves on.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let used_at = {
+        use apitoken_domain::clock::Clock;
+        server.clock.now()
+    };
+    let flushed = tokio::time::Instant::now() + Duration::from_secs(5);
+    for id in ["busy", "bootstrap-owner"] {
+        let token = apitoken_domain::name::TokenName::from_stored(NAMESPACE, id);
+        while server.store.get(&token).await.expect("get").last_use_time < Some(used_at) {
+            assert!(
+                tokio::time::Instant::now() < flushed,
+                "usage of {id} flushed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     server.clock.advance(chrono::Duration::days(11));
     let name = "namespaces/team-a/apitokens/idle";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -23,7 +23,7 @@ use apitoken_store::{StoreOptions, TokenStore};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tracing::{info, info_span, warn};
+use tracing::{info, warn};
 
 use crate::{
     auth::Authenticator,
@@ -237,7 +237,7 @@ impl App {
         let mut grace_started = stopping_tx.subscribe();
         let grace = self.config.shutdown_grace;
         let server = tonic::transport::Server::builder()
-            .trace_fn(|request| info_span!("grpc", method = %request.uri().path()))
+            .trace_fn(crate::telemetry::request_span)
             .layer(self.requests.clone())
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Token format.
     #[command(flatten)]
     pub token: TokenArgs,
+    /// Export traces over OTLP/gRPC to this endpoint (e.g.
+    /// `http://otel-collector:4317`); off unless set.
+    #[arg(long, env = "APITOKEN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// How often usage figures are written (e.g. `500ms`, `2s`).
     #[arg(long, env = "APITOKEN_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub usage_flush_interval: Duration,

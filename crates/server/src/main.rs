@@ -20,14 +20,26 @@ use tracing::{error, info};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let cli = Cli::parse();
+    let otlp_endpoint = match &cli.command {
+        None => cli.serve.otlp_endpoint.clone(),
+        Some(Command::Serve(args)) => args.otlp_endpoint.clone(),
+        Some(_) => None,
+    };
+    let telemetry = match telemetry::init(otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("apitoken-server: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Bootstrap(args)) => bootstrap(args).await,
     };
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
