@@ -23,6 +23,7 @@ backend_tests!(
     expiry_is_announced_exactly_once,
     stream_ends_when_the_watcher_is_revoked,
     usage_reports_add_uses,
+    pruned_cursors_are_out_of_range,
 );
 
 fn name(id: &str) -> String {
@@ -339,4 +340,56 @@ async fn usage_reports_add_uses(server: TestServer) {
             "usages[0].use_count"
         ]
     );
+}
+
+async fn pruned_cursors_are_out_of_range(server: TestServer) {
+    server.create("older-news", Role::Viewer).await;
+    server.create("old-news", Role::Viewer).await;
+    // An event before the watcher starts, so its cursor is not 0 ("the end").
+    revoke(&server, "older-news").await;
+    let mut stream = watch(&server, &server.owner, 0).await;
+    let start = stream.message().await.expect("ok").expect("open").sequence;
+    assert!(start > 0);
+    revoke(&server, "old-news").await;
+    let revoked = events(&mut stream, 1).await[0].sequence;
+    drop(stream);
+    // A week (the default event retention) and a day later, the sweeper
+    // prunes the log.
+    server.clock.advance(chrono::Duration::days(8));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server
+        .store
+        .events_pruned_through()
+        .await
+        .expect("watermark")
+        < revoked
+    {
+        assert!(tokio::time::Instant::now() < deadline, "events not pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = server.client().await;
+    let resume = |after_sequence| {
+        authed(
+            &server.owner,
+            WatchApiTokenEventsRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                after_sequence,
+            },
+        )
+    };
+    // A watcher that missed pruned events is told so...
+    let status = client
+        .watch_api_token_events(resume(start))
+        .await
+        .expect_err("pruned");
+    assert_eq!(status.code(), Code::OutOfRange);
+    // ...one that saw everything pruned resumes, and a fresh one starts.
+    client
+        .watch_api_token_events(resume(revoked))
+        .await
+        .expect("nothing missed");
+    client
+        .watch_api_token_events(resume(0))
+        .await
+        .expect("fresh start");
 }

@@ -27,6 +27,7 @@ backend_tests!(
     apitoken_down_serves_cached_and_fails_closed_otherwise,
     stream_resumes_after_apitoken_restarts,
     cached_calls_are_counted_as_usage,
+    a_pruned_cursor_makes_the_interceptor_start_over,
 );
 
 fn token_name(id: &str) -> String {
@@ -493,5 +494,76 @@ async fn cached_calls_are_counted_as_usage(server: TestServer) {
         token.use_count == 10 && token.last_use_time.is_some() && token.last_use_ip == "127.0.0.1"
     })
     .await;
+    example.stop().await;
+}
+
+async fn a_pruned_cursor_makes_the_interceptor_start_over(mut server: TestServer) {
+    let example = ExampleService::start(&server, fast_settings()).await;
+    let mut client = example.client().await;
+    let (_, secret) = server.create("pruned-away", Role::Viewer).await;
+    client
+        .list_items(authed(&secret, list()))
+        .await
+        .expect("cached");
+    // Some event first, so the interceptor resumes from a real cursor (a
+    // cursor of 0 would be a fresh start, which drops the cache anyway).
+    server.create("throwaway", Role::Viewer).await;
+    server
+        .client()
+        .await
+        .revoke_api_token(authed(
+            &server.owner,
+            RevokeApiTokenRequest {
+                name: token_name("throwaway"),
+            },
+        ))
+        .await
+        .expect("revoke");
+    within(Duration::from_secs(3), "first event seen", async || {
+        example.auth.stats().invalidations >= 1
+    })
+    .await;
+
+    // While apitoken is down the token is revoked, and the event log is
+    // pruned past the revocation: resuming cannot replay it.
+    server.stop_in_place().await;
+    let name = apitoken_domain::name::TokenName::from_stored(NAMESPACE, "pruned-away");
+    let now = chrono::Utc::now();
+    server
+        .store
+        .revoke(
+            &name,
+            "namespaces/team-a/apitokens/bootstrap-owner",
+            now,
+            apitoken_server::audit::RequestContext::rule().entry(
+                NAMESPACE,
+                apitoken_domain::audit::Action::Revoke,
+                apitoken_server::audit::Actor::Named("namespaces/team-a/apitokens/bootstrap-owner"),
+                name.to_string(),
+                now,
+            ),
+        )
+        .await
+        .expect("revoke");
+    server
+        .store
+        .prune_events(now + chrono::Duration::days(1))
+        .await
+        .expect("prune");
+    server.restart().await;
+
+    // The interceptor is told its cursor is gone, drops the namespace's
+    // cache, starts over, and refuses the token.
+    within(
+        Duration::from_secs(3),
+        "revocation seen after starting over",
+        async || client.list_items(authed(&secret, list())).await.is_err(),
+    )
+    .await;
+    let status = client
+        .list_items(authed(&secret, list()))
+        .await
+        .expect_err("revoked");
+    assert_eq!(reason(&status), "TOKEN_REVOKED");
     example.stop().await;
 }

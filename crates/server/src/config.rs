@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// Drop audit events after this long (never while their token exists).
     #[arg(long, env = "APITOKEN_AUDIT_RETENTION", default_value = "365d", value_parser = parse_duration)]
     pub audit_retention: Duration,
+    /// Prune the token event log (`WatchApiTokenEvents`) after this long;
+    /// watchers resuming from a pruned cursor get OUT_OF_RANGE and start over.
+    #[arg(long, env = "APITOKEN_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub event_retention: Duration,
     /// How long shutdown waits for in-flight calls before dropping them.
     #[arg(long, env = "APITOKEN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

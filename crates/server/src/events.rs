@@ -90,6 +90,11 @@ impl EventHub {
             return Err(Error::invalid("after_sequence", "must not be negative"));
         }
         let end = self.store.last_event_sequence().await?;
+        if after_sequence > 0 && after_sequence < self.store.events_pruned_through().await? {
+            return Err(Error::OutOfRange(format!(
+                "events after {after_sequence} were pruned (older than the event retention): drop cached tokens and start from 0"
+            )));
+        }
         if after_sequence > end {
             return Err(Error::OutOfRange(format!(
                 "after_sequence {after_sequence} is beyond the end of the event log ({end}): drop cached tokens and start from 0"

@@ -136,6 +136,13 @@ impl Lifecycle {
         for record in &purged {
             info!(token = %record.name, "purged after retention");
         }
+        let pruned = self
+            .store
+            .prune_events(now - chrono_duration(self.policy.event_retention))
+            .await?;
+        if pruned > 0 {
+            info!(through = pruned, "token events pruned after retention");
+        }
         if changed {
             self.events.appended();
         }

@@ -79,6 +79,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             revoke_unused_after: args.revoke_unused_after,
             token_retention: args.token_retention,
             audit_retention: args.audit_retention,
+            event_retention: args.event_retention,
         },
         limits: Limits {
             role_rate_limits: args.role_rate_limits.0,

@@ -34,6 +34,8 @@ pub struct Policy {
     pub token_retention: Duration,
     /// Drop audit events older than this (and never while their token exists).
     pub audit_retention: Duration,
+    /// Prune token events (the `WatchApiTokenEvents` log) older than this.
+    pub event_retention: Duration,
 }
 
 const DAY: u64 = 86_400;
@@ -48,6 +50,7 @@ impl Default for Policy {
             revoke_unused_after: None,
             token_retention: Duration::from_secs(90 * DAY),
             audit_retention: Duration::from_secs(365 * DAY),
+            event_retention: Duration::from_secs(7 * DAY),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! (production, several replicas), through sea-orm.
 //!
 //! - [`entity`], [`event_entity`], [`audit_entity`]: the sea-orm entities of
-//!   `api_tokens`, `api_token_events` and `audit_events`.
+//!   `api_tokens`, `api_token_events` and `audit_events`; [`watermark_entity`]
+//!   records how far the event log was pruned.
 //! - [`record`]: the rows as domain values ([`TokenRecord`]) and what callers
 //!   hand in ([`NewToken`], [`TokenChanges`], [`ListQuery`]).
 //! - [`store`]: [`TokenStore`], every query the service makes. Each write is
@@ -16,6 +17,7 @@ pub mod entity;
 pub mod event_entity;
 pub mod record;
 pub mod store;
+pub mod watermark_entity;
 
 pub use record::{
     AuditEntry, AuditRecord, EventRecord, Grace, ListQuery, NewToken, SecretMatch, TokenChanges,

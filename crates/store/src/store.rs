@@ -30,6 +30,7 @@ use crate::{
         AuditEntry, AuditRecord, EventRecord, Grace, ListQuery, NewToken, SecretMatch,
         TokenChanges, TokenRecord, UsageReport,
     },
+    watermark_entity,
 };
 
 /// Key of the PostgreSQL transaction lock that orders event sequences.
@@ -572,14 +573,57 @@ impl TokenStore {
             .collect()
     }
 
-    /// The latest event sequence of all namespaces (0 when there is none).
+    /// The end of the event log: the latest sequence appended, even if it
+    /// was pruned since (0 when nothing was ever appended).
     pub async fn last_event_sequence(&self) -> Result<i64, Error> {
         let last = event_entity::Entity::find()
             .order_by_desc(event_entity::Column::Id)
             .one(&self.db)
             .await
             .map_err(db_error)?;
-        Ok(last.map_or(0, |event| event.id))
+        let pruned = self.events_pruned_through().await?;
+        Ok(std::cmp::max(last.map_or(0, |event| event.id), pruned))
+    }
+
+    /// Deletes events older than `cutoff` and records the last sequence
+    /// deleted, in one transaction; returns that sequence (0: nothing).
+    pub async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<i64, Error> {
+        let txn = self.begin_event_write().await?;
+        let last = event_entity::Entity::find()
+            .filter(event_entity::Column::EventTime.lt(cutoff))
+            .order_by_desc(event_entity::Column::Id)
+            .one(&txn)
+            .await
+            .map_err(db_error)?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        event_entity::Entity::delete_many()
+            .filter(event_entity::Column::Id.lte(last.id))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        watermark_entity::Entity::update_many()
+            .col_expr(
+                watermark_entity::Column::PrunedThrough,
+                Expr::value(last.id),
+            )
+            .filter(watermark_entity::Column::Id.eq(1_i16))
+            .filter(watermark_entity::Column::PrunedThrough.lt(last.id))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(last.id)
+    }
+
+    /// The last event sequence pruned (0 when none was).
+    pub async fn events_pruned_through(&self) -> Result<i64, Error> {
+        let watermark = watermark_entity::Entity::find_by_id(1_i16)
+            .one(&self.db)
+            .await
+            .map_err(db_error)?;
+        Ok(watermark.map_or(0, |watermark| watermark.pruned_through))
     }
 
     /// Ends a running grace period (first use of the new secret): the
