@@ -253,6 +253,42 @@ impl TestServer {
             .count(&format!("/apitoken.v1.ApiTokenService/{method}"))
     }
 
+    /// Revokes a token straight in the database (with its event and audit
+    /// entry), as another replica would, at `at`.
+    pub async fn revoke_in_store(&self, id: &str, at: chrono::DateTime<chrono::Utc>) {
+        let name = apitoken_domain::name::TokenName::from_stored(NAMESPACE, id);
+        let revoker = format!("namespaces/{NAMESPACE}/apitokens/bootstrap-owner");
+        let entry = apitoken_server::audit::RequestContext::rule().entry(
+            NAMESPACE,
+            apitoken_domain::audit::Action::Revoke,
+            apitoken_server::audit::Actor::Named(&revoker),
+            name.to_string(),
+            at,
+        );
+        self.store
+            .revoke(&name, &revoker, at, entry)
+            .await
+            .expect("revoke");
+    }
+
+    /// Waits (up to 5 s) until uses of the team-a tokens `ids` made at the
+    /// clock's current time are flushed; uses may land in different flushes.
+    pub async fn wait_for_usage(&self, ids: &[&str]) {
+        use apitoken_domain::clock::Clock;
+        let used_at = self.clock.now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for id in ids {
+            let name = apitoken_domain::name::TokenName::from_stored(NAMESPACE, id);
+            while self.store.get(&name).await.expect("get").last_use_time < Some(used_at) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "usage of {id} flushed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         self.stop_in_place().await;
@@ -313,6 +349,9 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.events = options.events;
     config.limits = options.limits.clone();
     config.policy = options.policy.clone();
+    // Retention runs every 10 minutes in production; tests move the clock
+    // and want it applied promptly.
+    config.policy.retention_interval = Duration::from_millis(100);
     if let Some(prefix) = &options.token_prefix {
         config.token_prefix = prefix.clone();
     }

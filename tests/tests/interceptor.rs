@@ -434,23 +434,9 @@ async fn stream_resumes_after_apitoken_restarts(mut server: TestServer) {
     // apitoken stops; the token is revoked meanwhile (through the database,
     // as another replica would); apitoken comes back on the same address.
     server.stop_in_place().await;
-    let name = apitoken_domain::name::TokenName::from_stored(NAMESPACE, "revoked-while-down");
     server
-        .store
-        .revoke(
-            &name,
-            "namespaces/team-a/apitokens/bootstrap-owner",
-            chrono::Utc::now(),
-            apitoken_server::audit::RequestContext::rule().entry(
-                NAMESPACE,
-                apitoken_domain::audit::Action::Revoke,
-                apitoken_server::audit::Actor::Named("namespaces/team-a/apitokens/bootstrap-owner"),
-                name.to_string(),
-                chrono::Utc::now(),
-            ),
-        )
-        .await
-        .expect("revoke");
+        .revoke_in_store("revoked-while-down", chrono::Utc::now())
+        .await;
     server.restart().await;
 
     // The interceptor resumes from its cursor, sees the revocation, refuses.
@@ -527,24 +513,8 @@ async fn a_pruned_cursor_makes_the_interceptor_start_over(mut server: TestServer
     // While apitoken is down the token is revoked, and the event log is
     // pruned past the revocation: resuming cannot replay it.
     server.stop_in_place().await;
-    let name = apitoken_domain::name::TokenName::from_stored(NAMESPACE, "pruned-away");
     let now = chrono::Utc::now();
-    server
-        .store
-        .revoke(
-            &name,
-            "namespaces/team-a/apitokens/bootstrap-owner",
-            now,
-            apitoken_server::audit::RequestContext::rule().entry(
-                NAMESPACE,
-                apitoken_domain::audit::Action::Revoke,
-                apitoken_server::audit::Actor::Named("namespaces/team-a/apitokens/bootstrap-owner"),
-                name.to_string(),
-                now,
-            ),
-        )
-        .await
-        .expect("revoke");
+    server.revoke_in_store("pruned-away", now).await;
     server
         .store
         .prune_events(now + chrono::Duration::days(1))

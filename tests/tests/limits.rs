@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use apitoken_domain::Role;
 use apitoken_example::pb::ListItemsRequest;
@@ -450,21 +450,9 @@ async fn filters_find_unused_and_expiring_tokens(backend: Backend) {
         .await
         .expect("use");
     // Wait until both uses are flushed (they may land in different flushes).
-    let used_at = {
-        use apitoken_domain::clock::Clock;
-        server.clock.now()
-    };
-    let flushed = tokio::time::Instant::now() + Duration::from_secs(5);
-    for id in ["used-lately", "bootstrap-owner"] {
-        let name = apitoken_domain::name::TokenName::from_stored(NAMESPACE, id);
-        while server.store.get(&name).await.expect("get").last_use_time < Some(used_at) {
-            assert!(
-                tokio::time::Instant::now() < flushed,
-                "usage of {id} flushed"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    server
+        .wait_for_usage(&["used-lately", "bootstrap-owner"])
+        .await;
     server.clock.advance(chrono::Duration::days(11));
     let unused = client
         .list_api_tokens(authed(

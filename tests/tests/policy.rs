@@ -291,21 +291,7 @@ async fn unused_tokens_are_revoked_by_the_inactivity_rule(backend: Backend) {
         .await
         .expect("use");
     // Let the usage flush record those uses before time moves on.
-    let used_at = {
-        use apitoken_domain::clock::Clock;
-        server.clock.now()
-    };
-    let flushed = tokio::time::Instant::now() + Duration::from_secs(5);
-    for id in ["busy", "bootstrap-owner"] {
-        let token = apitoken_domain::name::TokenName::from_stored(NAMESPACE, id);
-        while server.store.get(&token).await.expect("get").last_use_time < Some(used_at) {
-            assert!(
-                tokio::time::Instant::now() < flushed,
-                "usage of {id} flushed"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    server.wait_for_usage(&["busy", "bootstrap-owner"]).await;
     server.clock.advance(chrono::Duration::days(11));
     let name = "namespaces/team-a/apitokens/idle";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

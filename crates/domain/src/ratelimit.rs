@@ -48,6 +48,19 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
 }
 
+impl Decision {
+    /// The reply headers that report this decision: `x-ratelimit-limit`,
+    /// `x-ratelimit-remaining` and `x-ratelimit-reset` (Unix seconds). The
+    /// server and the interceptor both send exactly these.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            ("x-ratelimit-limit", self.limit.to_string()),
+            ("x-ratelimit-remaining", self.remaining.to_string()),
+            ("x-ratelimit-reset", self.reset_unix.to_string()),
+        ]
+    }
+}
+
 /// GCRA state of one key: the theoretical arrival time, in microseconds.
 #[derive(Debug, Clone, Copy)]
 struct Cell {

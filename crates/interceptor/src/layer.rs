@@ -81,11 +81,7 @@ fn outcome(result: &Result<Option<Principal>, Error>) -> &'static str {
 /// Adds `x-ratelimit-limit`, `x-ratelimit-remaining` and
 /// `x-ratelimit-reset` (Unix seconds), as the apitoken server does.
 fn add_rate_headers(headers: &mut http::HeaderMap, decision: &Decision) {
-    for (name, value) in [
-        ("x-ratelimit-limit", decision.limit.to_string()),
-        ("x-ratelimit-remaining", decision.remaining.to_string()),
-        ("x-ratelimit-reset", decision.reset_unix.to_string()),
-    ] {
+    for (name, value) in decision.headers() {
         if let Ok(value) = http::HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }

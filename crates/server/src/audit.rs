@@ -2,7 +2,7 @@
 //! (peer address, user agent), and which request (`x-request-id` or one made
 //! up, the W3C trace id of `traceparent`). Never a secret.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::OnceLock};
 
 use apitoken_domain::{Principal, audit::Action};
 use apitoken_proto::v1;
@@ -19,8 +19,9 @@ pub struct RequestContext {
     pub peer_address: Option<String>,
     /// `user-agent`.
     pub user_agent: Option<String>,
-    /// `x-request-id`, or a fresh one.
-    pub request_id: String,
+    /// `x-request-id`, or one made up the first time an entry needs it
+    /// (authentication alone, on every call, makes none).
+    request_id: OnceLock<String>,
     /// The trace id of `traceparent`.
     pub trace_id: Option<String>,
 }
@@ -38,17 +39,21 @@ impl RequestContext {
         Self {
             peer_address: request.remote_addr().map(|addr| addr.ip().to_string()),
             user_agent: header("user-agent"),
-            request_id: header("x-request-id").unwrap_or_else(uuid_like),
+            request_id: header("x-request-id")
+                .map(OnceLock::from)
+                .unwrap_or_default(),
             trace_id: header("traceparent").and_then(|traceparent| trace_id(&traceparent)),
         }
     }
 
     /// A context for what a rule does, outside any request.
     pub fn rule() -> Self {
-        Self {
-            request_id: uuid_like(),
-            ..Self::default()
-        }
+        Self::default()
+    }
+
+    /// The request id: `x-request-id`, or one made up once.
+    pub fn request_id(&self) -> &str {
+        self.request_id.get_or_init(uuid_like)
     }
 
     /// An audit entry of `action` on `resource` by `actor`.
@@ -74,7 +79,7 @@ impl RequestContext {
             resource_uid: None,
             peer_address: self.peer_address.clone(),
             user_agent: self.user_agent.clone(),
-            request_id: self.request_id.clone(),
+            request_id: self.request_id().to_owned(),
             trace_id: self.trace_id.clone(),
             details: BTreeMap::new(),
         }

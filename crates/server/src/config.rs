@@ -142,6 +142,9 @@ pub struct ServeArgs {
     /// watchers resuming from a pruned cursor get OUT_OF_RANGE and start over.
     #[arg(long, env = "APITOKEN_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub event_retention: Duration,
+    /// How often retention (purge, audit and event pruning) is applied.
+    #[arg(long, env = "APITOKEN_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
     /// How long shutdown waits for in-flight calls before dropping them.
     #[arg(long, env = "APITOKEN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -57,7 +57,7 @@ impl Lifecycle {
         }
     }
 
-    /// One sweep.
+    /// One sweep of the time-driven rules: expiry warnings and inactivity.
     pub async fn sweep(&self) -> Result<(), Error> {
         let now = self.clock.now();
         let context = RequestContext::rule();
@@ -111,6 +111,18 @@ impl Lifecycle {
                 changed = true;
             }
         }
+        if changed {
+            self.events.appended();
+        }
+        Ok(())
+    }
+
+    /// The retention steps: purge revoked and expired tokens, drop old
+    /// audit events, prune the event log. They scan by time, so they run on
+    /// their own, slower interval.
+    pub async fn sweep_retention(&self) -> Result<(), Error> {
+        let now = self.clock.now();
+        let context = RequestContext::rule();
         let purged = self
             .store
             .purge(
@@ -143,27 +155,28 @@ impl Lifecycle {
         if pruned > 0 {
             info!(through = pruned, "token events pruned after retention");
         }
-        if changed {
-            self.events.appended();
-        }
         Ok(())
     }
 
-    /// Sweeps every `interval` until `stopping`.
+    /// Sweeps every `interval`, and applies retention every
+    /// `policy.retention_interval`, until `stopping`.
     pub fn spawn(
         self,
         interval: Duration,
         mut stopping: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sweeps = tokio::time::interval(interval);
+            sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut retention = tokio::time::interval(self.policy.retention_interval);
+            retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
+                let result = tokio::select! {
+                    _ = sweeps.tick() => self.sweep().await,
+                    _ = retention.tick() => self.sweep_retention().await,
                     _ = stopping.changed() => return,
-                }
-                if let Err(error) = self.sweep().await {
+                };
+                if let Err(error) = result {
                     warn!(error = %error, "lifecycle sweep failed; will retry");
                 }
             }

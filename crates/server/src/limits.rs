@@ -80,11 +80,7 @@ impl Limits {
 /// Adds `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`
 /// (Unix seconds) to reply metadata.
 pub fn add_rate_headers(metadata: &mut MetadataMap, decision: &Decision) {
-    for (name, value) in [
-        ("x-ratelimit-limit", decision.limit.to_string()),
-        ("x-ratelimit-remaining", decision.remaining.to_string()),
-        ("x-ratelimit-reset", decision.reset_unix.to_string()),
-    ] {
+    for (name, value) in decision.headers() {
         if let Ok(value) = value.parse() {
             metadata.insert(name, value);
         }

@@ -80,6 +80,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             token_retention: args.token_retention,
             audit_retention: args.audit_retention,
             event_retention: args.event_retention,
+            retention_interval: args.retention_interval,
         },
         limits: Limits {
             role_rate_limits: args.role_rate_limits.0,

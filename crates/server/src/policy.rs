@@ -36,6 +36,8 @@ pub struct Policy {
     pub audit_retention: Duration,
     /// Prune token events (the `WatchApiTokenEvents` log) older than this.
     pub event_retention: Duration,
+    /// How often retention (purge, audit and event pruning) is applied.
+    pub retention_interval: Duration,
 }
 
 const DAY: u64 = 86_400;
@@ -51,6 +53,7 @@ impl Default for Policy {
             token_retention: Duration::from_secs(90 * DAY),
             audit_retention: Duration::from_secs(365 * DAY),
             event_retention: Duration::from_secs(7 * DAY),
+            retention_interval: Duration::from_secs(600),
         }
     }
 }

@@ -811,33 +811,25 @@ impl TokenStore {
                 purged.push(record);
             }
         }
-        // The audit log is kept at least as long as the tokens it mentions.
-        let old = audit_entity::Entity::find()
+        // The audit log is kept at least as long as the tokens it mentions:
+        // one statement drops old events whose token is gone.
+        audit_entity::Entity::delete_many()
             .filter(audit_entity::Column::EventTime.lt(audit_cutoff))
-            .order_by_asc(audit_entity::Column::Id)
-            .limit(limit)
-            .all(&self.db)
+            .filter(
+                Condition::any()
+                    .add(audit_entity::Column::ResourceUid.is_null())
+                    .add(
+                        audit_entity::Column::ResourceUid.not_in_subquery(
+                            sea_orm::sea_query::Query::select()
+                                .column(Column::Uid)
+                                .from(Entity)
+                                .to_owned(),
+                        ),
+                    ),
+            )
+            .exec(&self.db)
             .await
             .map_err(db_error)?;
-        for event in old {
-            let mentioned_token_exists = match &event.resource_uid {
-                Some(uid) => {
-                    Entity::find()
-                        .filter(Column::Uid.eq(uid.as_str()))
-                        .count(&self.db)
-                        .await
-                        .map_err(db_error)?
-                        > 0
-                }
-                None => false,
-            };
-            if !mentioned_token_exists {
-                audit_entity::Entity::delete_by_id(event.id)
-                    .exec(&self.db)
-                    .await
-                    .map_err(db_error)?;
-            }
-        }
         Ok(purged)
     }
 
