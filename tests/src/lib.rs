@@ -106,6 +106,8 @@ impl Default for Options {
                 poll_interval: Duration::from_millis(100),
                 heartbeat_interval: Duration::from_millis(200),
                 expiry_sweep_interval: Duration::from_millis(100),
+                max_streams_per_token: 8,
+                ..EventTiming::default()
             },
             limits: generous_limits(),
             policy: Policy::default(),
@@ -212,6 +214,43 @@ impl TestServer {
         id: &str,
         role: Role,
     ) -> (ApiToken, String) {
+        self.create_token(
+            namespace,
+            owner,
+            id,
+            ApiToken {
+                role: role.to_proto().into(),
+                display_name: format!("token {id}"),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Creates an interceptor token (viewer) of team-a.
+    pub async fn create_interceptor(&self, id: &str) -> (ApiToken, String) {
+        self.create_token(
+            NAMESPACE,
+            &self.owner,
+            id,
+            ApiToken {
+                role: Role::Viewer.to_proto().into(),
+                display_name: format!("interceptor {id}"),
+                interceptor: true,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Creates `token` as `namespace`'s `id` with `owner`.
+    pub async fn create_token(
+        &self,
+        namespace: &str,
+        owner: &str,
+        id: &str,
+        token: ApiToken,
+    ) -> (ApiToken, String) {
         let response = self
             .client()
             .await
@@ -220,11 +259,7 @@ impl TestServer {
                 CreateApiTokenRequest {
                     parent: format!("namespaces/{namespace}"),
                     api_token_id: id.to_owned(),
-                    api_token: Some(ApiToken {
-                        role: role.to_proto().into(),
-                        display_name: format!("token {id}"),
-                        ..Default::default()
-                    }),
+                    api_token: Some(token),
                     ..Default::default()
                 },
             ))
@@ -375,6 +410,7 @@ async fn bootstrap(app: &App, namespace: &str, id: &str, role: Role) -> String {
         token_id: id.to_owned(),
         role,
         ttl: None,
+        interceptor: false,
     };
     let (_, secret) = bootstrap_token(app.store(), app.format(), app.keys(), app.clock(), &request)
         .await
@@ -485,17 +521,14 @@ impl ExampleService {
         settings: apitoken_interceptor::Settings,
     ) -> ExampleService {
         let (_, credential) = server
-            .create(
-                &format!(
-                    "watcher-{}",
-                    uuid::Uuid::new_v4()
-                        .simple()
-                        .to_string()
-                        .get(..8)
-                        .unwrap_or("x")
-                ),
-                Role::Viewer,
-            )
+            .create_interceptor(&format!(
+                "watcher-{}",
+                uuid::Uuid::new_v4()
+                    .simple()
+                    .to_string()
+                    .get(..8)
+                    .unwrap_or("x")
+            ))
             .await;
         let clock: SharedClock = server.clock.clone();
         let auth = apitoken_example::policy(

@@ -290,7 +290,7 @@ async fn usage_reports_add_uses(server: TestServer) {
         last_use_time: Some(in_seconds(&server, 0)),
         last_use_ip: "192.0.2.10".into(),
     };
-    let (_, reporter) = server.create("reporter", Role::Viewer).await;
+    let (_, reporter) = server.create_interceptor("reporter").await;
     let reply = client
         .report_api_token_usage(authed(
             &reporter,

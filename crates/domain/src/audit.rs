@@ -7,7 +7,11 @@
 use apitoken_proto::v1::audit_event::Action as WireAction;
 use chrono::{DateTime, Utc};
 
-use crate::Error;
+use crate::{
+    Error,
+    filter::{check_filter_len, too_many_conditions},
+    input::{MAX_FILTER_CONDITIONS, MAX_NAME_LEN, quote},
+};
 
 /// What an audit event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,34 +108,52 @@ impl AuditFilter {
     /// Parses a filter given as `field`.
     pub fn parse(field: &str, text: &str) -> Result<AuditFilter, Error> {
         let mut filter = AuditFilter::default();
+        check_filter_len(field, text)?;
         let text = text.trim();
         if text.is_empty() {
             return Ok(filter);
         }
-        for condition in text.split(" AND ") {
+        for (index, condition) in text.split(" AND ").enumerate() {
+            if index == MAX_FILTER_CONDITIONS {
+                return Err(too_many_conditions(field));
+            }
             let condition = condition.trim();
             let (name, op, value) = split_condition(condition).ok_or_else(|| {
-                Error::invalid(field, format!("`{condition}` is not `field op value`"))
+                Error::invalid(
+                    field,
+                    format!("{} is not `field op value`", quote(condition)),
+                )
             })?;
             let value = value.trim().trim_matches('"');
             match (name, op) {
                 ("action", "=") => {
                     filter.action = Some(Action::parse(value).ok_or_else(|| {
-                        Error::invalid(field, format!("unknown action `{value}`"))
+                        Error::invalid(field, format!("unknown action {}", quote(value)))
                     })?);
                 }
-                ("resource", "=") => filter.resource = Some(value.to_owned()),
+                ("resource", "=") if value.len() <= MAX_NAME_LEN => {
+                    filter.resource = Some(value.to_owned());
+                }
+                ("resource", "=") => {
+                    return Err(Error::invalid(
+                        field,
+                        format!("a resource name is at most {MAX_NAME_LEN} bytes"),
+                    ));
+                }
                 ("event_time", op) => {
                     let time = DateTime::parse_from_rfc3339(value)
                         .map_err(|_| {
-                            Error::invalid(field, format!("`{value}` is not an RFC 3339 time"))
+                            Error::invalid(
+                                field,
+                                format!("{} is not an RFC 3339 time", quote(value)),
+                            )
                         })?
                         .with_timezone(&Utc);
                     match op {
                         ">=" => filter.since = Some(time),
-                        ">" => filter.since = Some(time + chrono::Duration::microseconds(1)),
+                        ">" => filter.since = Some(after(time)),
                         "<" => filter.until = Some(time),
-                        "<=" => filter.until = Some(time + chrono::Duration::microseconds(1)),
+                        "<=" => filter.until = Some(after(time)),
                         _ => {
                             return Err(Error::invalid(
                                 field,
@@ -144,7 +166,8 @@ impl AuditFilter {
                     return Err(Error::invalid(
                         field,
                         format!(
-                            "unsupported condition `{name} {op}`: filter on action, resource or event_time"
+                            "unsupported condition {}: filter on action, resource or event_time",
+                            quote(&format!("{name} {op}"))
                         ),
                     ));
                 }
@@ -152,6 +175,12 @@ impl AuditFilter {
         }
         Ok(filter)
     }
+}
+
+/// One microsecond (the stored precision) after `time`, saturating.
+fn after(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.checked_add_signed(chrono::Duration::microseconds(1))
+        .unwrap_or(time)
 }
 
 fn split_condition(condition: &str) -> Option<(&str, &str, &str)> {
@@ -194,5 +223,11 @@ mod tests {
         ] {
             assert!(AuditFilter::parse("filter", bad).is_err(), "{bad}");
         }
+        // The end of time does not overflow.
+        assert!(
+            AuditFilter::parse("filter", r#"event_time <= "9999-12-31T23:59:59.999999Z""#).is_ok()
+        );
+        let many = vec!["action = revoke"; MAX_FILTER_CONDITIONS + 1].join(" AND ");
+        assert!(AuditFilter::parse("filter", &many).is_err());
     }
 }

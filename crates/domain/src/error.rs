@@ -65,6 +65,8 @@ pub enum DenyReason {
     RoleTooLow,
     /// The call would give a token a role above the caller's own.
     RoleEscalation,
+    /// Only an interceptor's token may do this (report usage).
+    InterceptorRequired,
 }
 
 impl DenyReason {
@@ -74,6 +76,7 @@ impl DenyReason {
             DenyReason::NamespaceMismatch => "NAMESPACE_MISMATCH",
             DenyReason::RoleTooLow => "ROLE_TOO_LOW",
             DenyReason::RoleEscalation => "ROLE_ESCALATION",
+            DenyReason::InterceptorRequired => "INTERCEPTOR_REQUIRED",
         }
     }
 }

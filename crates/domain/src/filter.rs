@@ -7,8 +7,14 @@
 //!   count from their creation), the seeds' "30+ days" check;
 //! - `expires_within_days <= N`: expiring within N days, not yet expired,
 //!   the seeds' 14-day warning.
+//!
+//! Bounds: at most [`MAX_FILTER_LEN`] bytes and [`MAX_FILTER_CONDITIONS`]
+//! conditions, checked before anything else is parsed.
 
-use crate::{Error, Role, TokenState};
+use crate::{
+    Error, Role, TokenState,
+    input::{MAX_FILTER_CONDITIONS, MAX_FILTER_LEN, quote},
+};
 
 /// `=` or `!=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +48,14 @@ pub struct ListFilter {
 impl ListFilter {
     /// Parses a filter given as `field`; empty means no condition.
     pub fn parse(field: &str, text: &str) -> Result<ListFilter, Error> {
+        check_filter_len(field, text)?;
         let tokens = tokenize(text).map_err(|why| Error::invalid(field, why))?;
         let mut conditions = Vec::new();
         let mut rest = tokens.as_slice();
         while !rest.is_empty() {
+            if conditions.len() == MAX_FILTER_CONDITIONS {
+                return Err(too_many_conditions(field));
+            }
             let [name, op, value, tail @ ..] = rest else {
                 return Err(Error::invalid(
                     field,
@@ -68,12 +78,12 @@ impl ListFilter {
                     let op = if op == "=" { Op::Eq } else { Op::Ne };
                     if name == "role" {
                         let role = Role::parse(value).ok_or_else(|| {
-                            Error::invalid(field, format!("unknown role `{value}`"))
+                            Error::invalid(field, format!("unknown role {}", quote(value)))
                         })?;
                         Condition::Role(op, role)
                     } else {
                         let state = TokenState::parse(value).ok_or_else(|| {
-                            Error::invalid(field, format!("unknown state `{value}`"))
+                            Error::invalid(field, format!("unknown state {}", quote(value)))
                         })?;
                         Condition::State(op, state)
                     }
@@ -81,14 +91,15 @@ impl ListFilter {
                 ("role" | "state", other) => {
                     return Err(Error::invalid(
                         field,
-                        format!("unsupported operator `{other}`: use = or !="),
+                        format!("unsupported operator {}: use = or !=", quote(other)),
                     ));
                 }
                 (other, _) => {
                     return Err(Error::invalid(
                         field,
                         format!(
-                            "unknown field `{other}`: filter on role, state, unused_days or expires_within_days"
+                            "unknown field {}: filter on role, state, unused_days or expires_within_days",
+                            quote(other)
                         ),
                     ));
                 }
@@ -120,9 +131,34 @@ fn days(field: &str, name: &str, value: &str) -> Result<u32, Error> {
         .ok_or_else(|| {
             Error::invalid(
                 field,
-                format!("`{name}` needs a number of days, not `{value}`"),
+                format!(
+                    "`{name}` needs a number of days from 0 to 36500, not {}",
+                    quote(value)
+                ),
             )
         })
+}
+
+/// Refuses a filter longer than [`MAX_FILTER_LEN`] bytes.
+pub fn check_filter_len(field: &str, text: &str) -> Result<(), Error> {
+    if text.len() > MAX_FILTER_LEN {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must be at most {MAX_FILTER_LEN} bytes (got {})",
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The error for more than [`MAX_FILTER_CONDITIONS`] conditions.
+pub fn too_many_conditions(field: &str) -> Error {
+    Error::invalid(
+        field,
+        format!("must have at most {MAX_FILTER_CONDITIONS} conditions"),
+    )
 }
 
 fn tokenize(text: &str) -> Result<Vec<String>, &'static str> {
@@ -235,11 +271,27 @@ mod tests {
             "role = \"viewer",
             "role ! viewer",
             "role = viewer; drop table",
+            "role = ROLE_VIEWER AND "
+                .repeat(17)
+                .trim_end_matches(" AND "),
+            &"x".repeat(MAX_FILTER_LEN + 1),
         ] {
             let Err(Error::InvalidArgument(violations)) = ListFilter::parse("filter", bad) else {
                 panic!("{bad:?} accepted");
             };
             assert_eq!(violations[0].field, "filter");
         }
+        let sixteen = "role = ROLE_VIEWER AND ".repeat(16);
+        assert!(ListFilter::parse("filter", sixteen.trim_end_matches(" AND ")).is_ok());
+    }
+
+    #[test]
+    fn errors_quote_little_of_the_input() {
+        let Err(Error::InvalidArgument(violations)) =
+            ListFilter::parse("filter", &format!("role = {}", "a".repeat(1000)))
+        else {
+            panic!("accepted");
+        };
+        assert!(violations[0].description.len() < 200, "{violations:?}");
     }
 }

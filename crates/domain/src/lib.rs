@@ -6,6 +6,8 @@
 //!   database ever sees of a secret.
 //! - [`role`], [`name`], [`validate`], [`filter`], [`page`]: roles, resource
 //!   names, field rules, list filters and page tokens.
+//! - [`input`]: bounds on caller input, and the one way input is quoted
+//!   back in errors (short, escaped).
 //! - [`principal`]: the authenticated caller and its authorization checks.
 //! - [`error`] and [`status`]: the domain error and the one place it becomes
 //!   a `tonic::Status` with `google.rpc` details.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod filter;
 pub mod hash;
+pub mod input;
 pub mod name;
 pub mod page;
 pub mod principal;

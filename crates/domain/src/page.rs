@@ -7,7 +7,7 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::{Error, hash::Keys};
+use crate::{Error, hash::Keys, input::MAX_PAGE_TOKEN_LEN};
 
 const FINGERPRINT_LEN: usize = 16;
 const ID_LEN: usize = 8;
@@ -50,6 +50,9 @@ pub fn decode(
     token: &str,
 ) -> Result<i64, Error> {
     let invalid = || Error::invalid(field, "is not a page token issued for this request");
+    if token.len() > MAX_PAGE_TOKEN_LEN {
+        return Err(invalid());
+    }
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     if bytes.len() != FINGERPRINT_LEN + ID_LEN + MAC_LEN {
         return Err(invalid());
@@ -107,5 +110,6 @@ mod tests {
             .is_err()
         );
         assert!(decode(&keys, "page_token", query, "garbage!").is_err());
+        assert!(decode(&keys, "page_token", query, &"A".repeat(1 << 20)).is_err());
     }
 }

@@ -15,6 +15,9 @@ pub struct Principal {
     pub role: Role,
     /// When the token expires, if ever.
     pub expire_time: Option<DateTime<Utc>>,
+    /// The token belongs to an interceptor or proxy (may report usage and
+    /// name the address of the calls it verifies).
+    pub interceptor: bool,
 }
 
 impl Principal {
@@ -47,6 +50,19 @@ impl Principal {
         Ok(())
     }
 
+    /// Allows the call if the token is an interceptor's token of `namespace`
+    /// (with at least viewer); else `PERMISSION_DENIED`.
+    pub fn authorize_interceptor(&self, namespace: &str) -> Result<(), Error> {
+        self.authorize(namespace, Role::Viewer)?;
+        if !self.interceptor {
+            return Err(Error::denied(
+                DenyReason::InterceptorRequired,
+                "only an interceptor token (created with `interceptor: true`) may do this",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses to give a token a role above the caller's own.
     pub fn may_grant(&self, role: Role) -> Result<(), Error> {
         if role > self.role {
@@ -70,6 +86,7 @@ mod tests {
             uid: "uid".into(),
             role,
             expire_time: None,
+            interceptor: false,
         }
     }
 

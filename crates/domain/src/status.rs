@@ -8,14 +8,24 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{ERROR_DOMAIN, Error};
+use crate::{ERROR_DOMAIN, Error, input::truncate};
 
 /// The resource type named in `google.rpc.ResourceInfo`.
 const RESOURCE_TYPE: &str = "apitoken.v1.ApiToken";
 
+/// Most characters of a status message. Call sites quote input briefly
+/// ([`crate::input::quote`]); this bound holds whatever they do, so that no
+/// error outgrows a client's metadata limit (8 KiB by default in many gRPC
+/// implementations).
+pub const MAX_MESSAGE: usize = 512;
+/// Most characters of a field path or a description in `BadRequest`.
+const MAX_DETAIL: usize = 160;
+/// Most violations listed in one `BadRequest`.
+const MAX_VIOLATIONS: usize = 12;
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let message = error.to_string();
+        let message = truncate(&error.to_string(), MAX_MESSAGE).to_owned();
         match error {
             Error::Unauthenticated(failure) => Status::with_error_details(
                 Code::Unauthenticated,
@@ -29,25 +39,42 @@ impl From<Error> for Status {
             ),
             Error::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
-                for violation in violations {
-                    details.add_bad_request_violation(violation.field, violation.description);
+                for violation in violations.into_iter().take(MAX_VIOLATIONS) {
+                    details.add_bad_request_violation(
+                        truncate(&violation.field, MAX_DETAIL),
+                        truncate(&violation.description, MAX_DETAIL),
+                    );
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             Error::NotFound(resource) => Status::with_error_details(
                 Code::NotFound,
                 message,
-                ErrorDetails::with_resource_info(RESOURCE_TYPE, resource, "", "not found"),
+                ErrorDetails::with_resource_info(
+                    RESOURCE_TYPE,
+                    truncate(&resource, MAX_DETAIL),
+                    "",
+                    "not found",
+                ),
             ),
             Error::AlreadyExists(resource) => Status::with_error_details(
                 Code::AlreadyExists,
                 message,
-                ErrorDetails::with_resource_info(RESOURCE_TYPE, resource, "", "already exists"),
+                ErrorDetails::with_resource_info(
+                    RESOURCE_TYPE,
+                    truncate(&resource, MAX_DETAIL),
+                    "",
+                    "already exists",
+                ),
             ),
             Error::FailedPrecondition { resource, kind, .. } => Status::with_error_details(
                 Code::FailedPrecondition,
                 message.clone(),
-                ErrorDetails::with_precondition_failure_violation(kind, resource, message),
+                ErrorDetails::with_precondition_failure_violation(
+                    kind,
+                    truncate(&resource, MAX_DETAIL),
+                    message,
+                ),
             ),
             Error::Aborted(_) => Status::new(Code::Aborted, message),
             Error::ResourceExhausted {
@@ -55,7 +82,10 @@ impl From<Error> for Status {
                 description,
                 retry_after,
             } => {
-                let mut details = ErrorDetails::with_quota_failure_violation(subject, description);
+                let mut details = ErrorDetails::with_quota_failure_violation(
+                    truncate(&subject, MAX_DETAIL),
+                    truncate(&description, MAX_DETAIL),
+                );
                 if let Some(retry_after) = retry_after {
                     details.set_retry_info(Some(retry_after));
                 }
@@ -138,6 +168,24 @@ mod tests {
             "namespaces/a/apitokens/b"
         );
         assert!(details.retry_info().expect("retry").retry_delay.is_some());
+    }
+
+    #[test]
+    fn statuses_stay_small_whatever_they_quote() {
+        let huge = "x".repeat(100_000);
+        let status = Status::from(Error::InvalidArgument(
+            (0..100)
+                .map(|_| FieldViolation::new(huge.clone(), huge.clone()))
+                .collect(),
+        ));
+        assert!(status.message().len() <= MAX_MESSAGE);
+        assert!(
+            status.details().len() < 5 * 1024,
+            "{}",
+            status.details().len()
+        );
+        let status = Status::from(Error::Aborted(huge.clone()));
+        assert!(status.message().len() <= MAX_MESSAGE);
     }
 
     #[test]

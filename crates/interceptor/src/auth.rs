@@ -130,7 +130,15 @@ impl ApiTokenAuth {
             format,
             policy: builder.policy,
             cache: TokenCache::new(builder.settings.cache_capacity).map_err(BuildError)?,
-            verifier: Verifier::new(channel, builder.settings.call_timeout),
+            verifier: Verifier::new(
+                channel,
+                builder.settings.call_timeout,
+                builder
+                    .namespaces
+                    .first()
+                    .map(|(_, credential)| credential.clone())
+                    .ok_or_else(|| BuildError("accept at least one namespace".to_owned()))?,
+            ),
             namespaces: builder
                 .namespaces
                 .into_iter()

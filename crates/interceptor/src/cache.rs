@@ -168,6 +168,7 @@ mod tests {
             uid: uid.to_owned(),
             role: Role::Viewer,
             expire_time: None,
+            interceptor: false,
         }
     }
 

@@ -151,9 +151,11 @@ impl Default for AuthBuilder {
 }
 
 impl AuthBuilder {
-    /// Accepts tokens of `namespace`. `credential` is a token of that
-    /// namespace (a viewer is enough) with which the layer follows the
-    /// namespace's event stream and reports usage.
+    /// Accepts tokens of `namespace`. `credential` is an interceptor token
+    /// of that namespace (`ApiToken.interceptor`, created by an owner; the
+    /// viewer role is enough) with which the layer follows the namespace's
+    /// event stream, reports usage, and proves to apitoken that it may name
+    /// the address of the calls it verifies.
     pub fn namespace(mut self, namespace: &str, credential: impl Into<String>) -> Self {
         self.namespaces
             .push((namespace.to_owned(), Secret::new(credential)));

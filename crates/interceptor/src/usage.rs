@@ -37,7 +37,7 @@ impl UsageBatch {
             .or_default()
             .entry(uid.to_owned())
             .or_insert((0, at, None));
-        entry.0 += count;
+        entry.0 = entry.0.saturating_add(count);
         if at >= entry.1 {
             entry.1 = at;
             if ip.is_some() {

@@ -8,7 +8,11 @@ use std::{
     time::Duration,
 };
 
-use apitoken_domain::{AuthFailure, Error, Principal, Role, name::TokenName, token::WellFormed};
+use apitoken_domain::{
+    AuthFailure, Error, Principal, Role,
+    name::TokenName,
+    token::{Secret, WellFormed},
+};
 use apitoken_proto::v1::{VerifyApiTokenRequest, api_token_service_client::ApiTokenServiceClient};
 use chrono::DateTime;
 use tokio::sync::OnceCell;
@@ -50,15 +54,19 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Verifier {
     client: ApiTokenServiceClient<Channel>,
+    /// This service's interceptor token, sent as its own credential so that
+    /// apitoken honours `caller_address`.
+    credential: Secret,
     timeout: Duration,
     in_flight: Mutex<HashMap<CacheKey, Arc<OnceCell<Outcome>>>>,
 }
 
 impl Verifier {
     /// A verifier over `channel`.
-    pub fn new(channel: Channel, timeout: Duration) -> Self {
+    pub fn new(channel: Channel, timeout: Duration, credential: Secret) -> Self {
         Self {
             client: ApiTokenServiceClient::new(channel),
+            credential,
             timeout,
             in_flight: Mutex::new(HashMap::new()),
         }
@@ -112,10 +120,13 @@ impl Verifier {
         trace: &MetadataMap,
         caller: Option<std::net::IpAddr>,
     ) -> Outcome {
-        let mut request = tonic::Request::new(VerifyApiTokenRequest {
-            secret: secret.secret().expose().to_owned(),
-            caller_address: caller.map(|ip| ip.to_string()).unwrap_or_default(),
-        });
+        let mut request = crate::auth::authorized(
+            &self.credential,
+            VerifyApiTokenRequest {
+                secret: secret.secret().expose().to_owned(),
+                caller_address: caller.map(|ip| ip.to_string()).unwrap_or_default(),
+            },
+        );
         request.set_timeout(self.timeout);
         for header in TRACE_HEADERS {
             if let Some(value) = trace.get(header) {
@@ -184,5 +195,6 @@ pub fn principal_of(token: &apitoken_proto::v1::ApiToken) -> Option<Principal> {
         uid: token.uid.clone(),
         role: Role::from_proto(token.role)?,
         expire_time,
+        interceptor: token.interceptor,
     })
 }

@@ -1,9 +1,10 @@
 //! Wiring: connect and migrate the store, build the service, serve it with
 //! health and reflection, shut down gracefully.
 //!
-//! Health (`grpc.health.v1`): overall (`""`) and `apitoken.v1.ApiTokenService`
-//! are SERVING while the database answers, NOT_SERVING when it does not and
-//! from the moment shutdown begins. Shutdown stops accepting connections,
+//! Health (`grpc.health.v1`, see [`crate::health`]): overall (`""`) and
+//! `apitoken.v1.ApiTokenService` are SERVING while the database answers and
+//! its schema is the one this binary expects, NOT_SERVING otherwise and from
+//! the moment shutdown begins. Shutdown stops accepting connections,
 //! lets in-flight calls finish (for at most the grace period: long-lived
 //! streams such as health watches would otherwise hold it open forever),
 //! then flushes usage figures.
@@ -16,18 +17,17 @@ use apitoken_domain::{
     hash::Keys,
     token::{InvalidPrefix, TokenFormat},
 };
-use apitoken_proto::{
-    FILE_DESCRIPTOR_SET, SERVICE_NAME, v1::api_token_service_server::ApiTokenServiceServer,
-};
+use apitoken_proto::{FILE_DESCRIPTOR_SET, v1::api_token_service_server::ApiTokenServiceServer};
 use apitoken_store::{StoreOptions, TokenStore};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::{
     auth::Authenticator,
     events::{EventHub, EventTiming},
+    health::{self, HealthChecks, set_health},
     lifecycle::Lifecycle,
     limits::Limits,
     metrics::RequestCounter,
@@ -134,7 +134,7 @@ impl App {
             keys,
             clock,
             usage,
-            requests: RequestCounter::default(),
+            requests: RequestCounter::new(crate::metrics::served_methods()),
             config,
         })
     }
@@ -207,7 +207,6 @@ impl App {
         );
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        set_health(&reporter, ServingStatus::Serving).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -223,12 +222,13 @@ impl App {
         let flusher = self
             .usage
             .spawn_flusher(self.config.usage_flush_interval, flush_stop);
-        let monitor = spawn_health_monitor(
-            self.store.clone(),
+        let monitor = health::spawn_monitor(
+            HealthChecks::new(self.store.clone()),
             reporter.clone(),
             self.config.health_check_interval,
             stopping,
-        );
+        )
+        .await;
 
         if let Ok(address) = listener.local_addr() {
             info!(%address, "serving apitoken.v1.ApiTokenService");
@@ -269,42 +269,4 @@ impl App {
         info!("stopped");
         Ok(result?)
     }
-}
-
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    reporter.set_service_status(SERVICE_NAME, status).await;
-}
-
-fn spawn_health_monitor(
-    store: TokenStore,
-    reporter: HealthReporter,
-    interval: Duration,
-    mut stopping: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut healthy = true;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stopping.changed() => return,
-            }
-            let now_healthy = store.ping().await.is_ok();
-            if *stopping.borrow() {
-                return;
-            }
-            if now_healthy != healthy {
-                healthy = now_healthy;
-                if healthy {
-                    info!("database reachable again: SERVING");
-                    set_health(&reporter, ServingStatus::Serving).await;
-                } else {
-                    warn!("database unreachable: NOT_SERVING");
-                    set_health(&reporter, ServingStatus::NotServing).await;
-                }
-            }
-        }
-    })
 }

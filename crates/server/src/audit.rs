@@ -1,10 +1,20 @@
 //! Audit entries of requests: who (the authenticated token), from where
 //! (peer address, user agent), and which request (`x-request-id` or one made
 //! up, the W3C trace id of `traceparent`). Never a secret.
+//!
+//! What a caller sends is bounded and sanitized before it reaches the log:
+//! the user agent is escaped (no control or bidirectional characters) and cut
+//! to [`MAX_USER_AGENT`] characters; an `x-request-id` is kept only if it is
+//! 1 to [`MAX_REQUEST_ID`] characters of `[A-Za-z0-9._:-]`, otherwise the
+//! server makes one up.
 
 use std::{collections::BTreeMap, sync::OnceLock};
 
-use apitoken_domain::{Principal, audit::Action};
+use apitoken_domain::{
+    Principal,
+    audit::Action,
+    input::{MAX_REQUEST_ID, MAX_USER_AGENT, escape, truncate},
+};
 use apitoken_proto::v1;
 use apitoken_store::{AuditEntry, AuditRecord};
 use chrono::{DateTime, Utc};
@@ -34,15 +44,15 @@ impl RequestContext {
                 .metadata()
                 .get(name)
                 .and_then(|value| value.to_str().ok())
-                .map(|value| value.chars().take(200).collect::<String>())
         };
         Self {
             peer_address: request.remote_addr().map(|addr| addr.ip().to_string()),
-            user_agent: header("user-agent"),
+            user_agent: header("user-agent").map(|agent| escape(truncate(agent, MAX_USER_AGENT))),
             request_id: header("x-request-id")
-                .map(OnceLock::from)
+                .filter(|id| is_request_id(id))
+                .map(|id| OnceLock::from(id.to_owned()))
                 .unwrap_or_default(),
-            trace_id: header("traceparent").and_then(|traceparent| trace_id(&traceparent)),
+            trace_id: header("traceparent").and_then(trace_id),
         }
     }
 
@@ -95,6 +105,14 @@ pub enum Actor<'a> {
     Named(&'a str),
 }
 
+/// Whether a caller's `x-request-id` may be kept as it is.
+fn is_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// The trace id (second field) of a W3C `traceparent`.
 fn trace_id(traceparent: &str) -> Option<String> {
     let id = traceparent.split('-').nth(1)?;
@@ -135,5 +153,30 @@ mod tests {
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         assert_eq!(trace_id("garbage"), None);
+    }
+
+    #[test]
+    fn caller_headers_are_bounded_and_sanitized() {
+        let mut request = Request::new(());
+        let metadata = request.metadata_mut();
+        metadata.insert("user-agent", "a".repeat(5000).parse().expect("ascii"));
+        metadata.insert("x-request-id", "id with spaces".parse().expect("ascii"));
+        let context = RequestContext::of(&request);
+        assert_eq!(
+            context.user_agent.as_deref().map(str::len),
+            Some(MAX_USER_AGENT)
+        );
+        assert_ne!(context.request_id(), "id with spaces");
+        assert!(
+            is_request_id(context.request_id()),
+            "{}",
+            context.request_id()
+        );
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert("x-request-id", "req-42.a:b_c".parse().expect("ascii"));
+        assert_eq!(RequestContext::of(&request).request_id(), "req-42.a:b_c");
+        assert!(!is_request_id(&"x".repeat(MAX_REQUEST_ID + 1)));
     }
 }

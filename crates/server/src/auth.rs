@@ -151,6 +151,19 @@ impl Authenticator {
         }
     }
 
+    /// The interceptor token a call carries as its own credential, if any:
+    /// it entitles the caller to name the address of the call it verifies.
+    /// Neither rate-limited nor counted as a use or a failure: an
+    /// interceptor's verifications act for other callers.
+    pub async fn interceptor_of<T>(&self, request: &Request<T>) -> Option<Principal> {
+        let secret = bearer_secret(request.metadata()).ok()?;
+        let authenticated = self.lookup(secret, None).await.ok()?;
+        authenticated
+            .record
+            .interceptor
+            .then(|| principal(&authenticated.record))
+    }
+
     /// The active token that `secret` belongs to; counts as a use by `peer`.
     /// A throttled peer is refused first; a failure counts against it.
     pub async fn verify(
@@ -316,5 +329,6 @@ pub fn principal(record: &TokenRecord) -> Principal {
         uid: record.uid.clone(),
         role: record.role,
         expire_time: record.expire_time,
+        interceptor: record.interceptor,
     }
 }

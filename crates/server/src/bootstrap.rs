@@ -28,6 +28,8 @@ pub struct BootstrapRequest {
     pub role: Role,
     /// Lifetime; none: never expires.
     pub ttl: Option<Duration>,
+    /// An interceptor's token (may report usage and name caller addresses).
+    pub interceptor: bool,
 }
 
 /// Creates the token and returns it with its secret.
@@ -42,12 +44,15 @@ pub async fn bootstrap_token(
     let name = TokenName::new(namespace, "name", &request.token_id)?;
     let now = clock.now();
     let expire_time = match request.ttl {
-        Some(ttl) => Some(
-            chrono::Duration::from_std(ttl)
+        Some(ttl) => {
+            let expiry = chrono::Duration::from_std(ttl)
                 .ok()
                 .and_then(|ttl| now.checked_add_signed(ttl))
-                .ok_or_else(|| Error::invalid("ttl", "is too long"))?,
-        ),
+                .ok_or_else(|| Error::invalid("ttl", "is too long"))?;
+            apitoken_domain::validate::expire_time("ttl", expiry, now)
+                .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+            Some(expiry)
+        }
         None => None,
     };
     let secret = format.generate()?;
@@ -65,6 +70,7 @@ pub async fn bootstrap_token(
                 secret_hash: keys.hash_secret(&well_formed),
                 secret_hint: format.hint(&well_formed),
                 rate_limit: None,
+                interceptor: request.interceptor,
                 now,
             },
             // The escape hatch is not bound by the quota.
@@ -83,6 +89,9 @@ pub async fn bootstrap_token(
                 entry
                     .details
                     .insert("role".into(), request.role.to_string());
+                if request.interceptor {
+                    entry.details.insert("interceptor".into(), "true".into());
+                }
                 entry
             },
         )

@@ -89,6 +89,13 @@ pub struct ServeArgs {
     /// How often a quiet event stream sends a heartbeat.
     #[arg(long, env = "APITOKEN_EVENT_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub event_heartbeat_interval: Duration,
+    /// Most event streams (`WatchApiTokenEvents`) open at once with one
+    /// token; more are RESOURCE_EXHAUSTED.
+    #[arg(long, env = "APITOKEN_MAX_STREAMS_PER_TOKEN", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_streams_per_token: u64,
+    /// Most event streams open at once on this server.
+    #[arg(long, env = "APITOKEN_MAX_STREAMS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_streams: u64,
     /// How often tokens past their expiry get their `EXPIRED` event.
     #[arg(long, env = "APITOKEN_EXPIRY_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub expiry_sweep_interval: Duration,
@@ -174,6 +181,11 @@ pub struct BootstrapArgs {
     /// Lifetime of the token (e.g. `30d`, `12h`); none: it never expires.
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
+    /// Make it an interceptor's token: it may report usage and name the
+    /// address of the calls it verifies (for services using the
+    /// interceptor crate, and proxies).
+    #[arg(long)]
+    pub interceptor: bool,
 }
 
 /// Parses `250ms`, `30s`, `5m`, `12h`, `30d`, or bare seconds.

@@ -17,6 +17,14 @@ pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
 /// A wire timestamp given as `field`, truncated to microseconds (the
 /// precision stored).
 pub fn from_timestamp(field: &str, timestamp: &Timestamp) -> Result<DateTime<Utc>, FieldViolation> {
+    // The protobuf range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+    const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    if !RANGE.contains(&timestamp.seconds) {
+        return Err(FieldViolation::new(
+            field,
+            "is not a valid timestamp (years 1 to 9999)",
+        ));
+    }
     u32::try_from(timestamp.nanos)
         .ok()
         .filter(|nanos| *nanos < 1_000_000_000)
@@ -49,6 +57,7 @@ pub fn api_token(record: &TokenRecord, now: DateTime<Utc>, rate_limit: u32) -> v
         rate_limit: i32::try_from(rate_limit).unwrap_or(i32::MAX),
         last_use_ip: record.last_use_ip.clone().unwrap_or_default(),
         previous_secret_expire_time: record.grace_until(now).map(timestamp),
+        interceptor: record.interceptor,
     }
 }
 
@@ -80,6 +89,10 @@ mod tests {
             },
             Timestamp {
                 seconds: i64::MAX,
+                nanos: 0,
+            },
+            Timestamp {
+                seconds: 253_402_300_800,
                 nanos: 0,
             },
         ] {

@@ -10,7 +10,12 @@
 //! server shuts down, and with `UNAUTHENTICATED` when the watcher's own token
 //! stops being valid.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use apitoken_domain::{AuthFailure, Error, TokenState, clock::SharedClock, name::TokenName};
 use apitoken_proto::v1::{ApiTokenEvent, WatchApiTokenEventsResponse};
@@ -29,9 +34,14 @@ const BATCH: u64 = 500;
 pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<WatchApiTokenEventsResponse, Status>> + Send>>;
 
-/// Timing of event delivery.
+/// Timing of event delivery, and how many streams may be open.
 #[derive(Debug, Clone, Copy)]
 pub struct EventTiming {
+    /// Most streams open at once with one token (a fleet of replicas of one
+    /// service may share a watch token).
+    pub max_streams_per_token: usize,
+    /// Most streams open at once in this process.
+    pub max_streams: usize,
     /// How often watchers look for events committed by other replicas.
     pub poll_interval: Duration,
     /// How often a quiet stream sends a heartbeat.
@@ -43,6 +53,8 @@ pub struct EventTiming {
 impl Default for EventTiming {
     fn default() -> Self {
         Self {
+            max_streams_per_token: 64,
+            max_streams: 10_000,
             poll_interval: Duration::from_millis(250),
             heartbeat_interval: Duration::from_secs(2),
             expiry_sweep_interval: Duration::from_secs(1),
@@ -58,6 +70,27 @@ pub struct EventHub {
     appended: Notify,
     stopping: watch::Receiver<bool>,
     timing: EventTiming,
+    /// Open streams per watcher uid (entries leave at zero).
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A slot among the open streams; released when dropped.
+#[derive(Debug)]
+pub struct StreamSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    watcher: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.watcher) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.watcher);
+            }
+        }
+    }
 }
 
 impl EventHub {
@@ -74,7 +107,49 @@ impl EventHub {
             appended: Notify::new(),
             stopping,
             timing,
+            open: Arc::default(),
         }
+    }
+
+    /// Reserves a stream for the watcher token `uid`, or refuses
+    /// (`RESOURCE_EXHAUSTED` naming the limit) when it, or the process, has
+    /// as many open as allowed.
+    pub fn reserve(&self, uid: &str, watcher: &TokenName) -> Result<StreamSlot, Error> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let total: usize = open.values().sum();
+        let mine = open.get(uid).copied().unwrap_or(0);
+        if mine >= self.timing.max_streams_per_token {
+            return Err(Error::ResourceExhausted {
+                subject: watcher.to_string(),
+                description: format!(
+                    "{watcher} already has {mine} event streams open, the most one token may (--max-streams-per-token): close some first"
+                ),
+                retry_after: None,
+            });
+        }
+        if total >= self.timing.max_streams {
+            return Err(Error::ResourceExhausted {
+                subject: "event streams".to_owned(),
+                description: format!(
+                    "this server already has {total} event streams open, its limit: retry later or on another replica"
+                ),
+                retry_after: Some(Duration::from_secs(5)),
+            });
+        }
+        *open.entry(uid.to_owned()).or_insert(0) += 1;
+        Ok(StreamSlot {
+            open: Arc::clone(&self.open),
+            watcher: uid.to_owned(),
+        })
+    }
+
+    /// How many event streams are open.
+    pub fn open_streams(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .sum()
     }
 
     /// Wakes the watchers of this process: an event was appended.
@@ -113,10 +188,12 @@ impl EventHub {
         namespace: String,
         cursor: i64,
         watcher: TokenName,
+        slot: StreamSlot,
     ) -> EventStream {
         let (sender, receiver) = mpsc::channel(16);
         let hub = Arc::clone(self);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(status) = hub.deliver(&namespace, cursor, &watcher, &sender).await {
                 let _ = sender.send(Err(status)).await;
             }

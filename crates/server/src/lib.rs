@@ -9,6 +9,7 @@
 //! - [`convert`]: domain values to and from wire types.
 //! - [`usage`]: batched `last_use_time` / `use_count` writes.
 //! - [`events`]: the token event stream and the expiry sweeper.
+//! - [`health`]: the health checks (database, schema, shutdown).
 //! - [`metrics`]: per-method request counts.
 //! - [`audit`]: audit entries of requests.
 //! - [`policy`]: expiry policy, grace, warnings, inactivity and retention.
@@ -26,6 +27,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod convert;
 pub mod events;
+pub mod health;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;

@@ -94,6 +94,9 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             poll_interval: args.event_poll_interval,
             heartbeat_interval: args.event_heartbeat_interval,
             expiry_sweep_interval: args.expiry_sweep_interval,
+            max_streams_per_token: usize::try_from(args.max_streams_per_token)
+                .unwrap_or(usize::MAX),
+            max_streams: usize::try_from(args.max_streams).unwrap_or(usize::MAX),
         },
     };
     let clock: SharedClock = Arc::new(SystemClock);
@@ -125,6 +128,7 @@ async fn bootstrap(args: apitoken_server::config::BootstrapArgs) -> Result<(), S
         token_id: args.name,
         role: args.role,
         ttl: args.ttl,
+        interceptor: args.interceptor,
     };
     let (_, secret) =
         bootstrap_token(app.store(), app.format(), app.keys(), app.clock(), &request).await?;

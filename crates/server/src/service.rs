@@ -10,6 +10,7 @@ use apitoken_domain::{
     clock::SharedClock,
     filter::ListFilter,
     hash::Keys,
+    input::{MAX_ETAG_LEN, MAX_MASK_PATHS, quote},
     name::{Namespace, TokenName, check_id},
     page::{self, QueryFingerprint},
     token::{Secret, TokenFormat},
@@ -60,6 +61,10 @@ pub struct ApiTokenService {
 
 /// Most usages in one `ReportApiTokenUsage` call.
 pub const MAX_USAGE_REPORTS: usize = 1000;
+/// Most uses of one token in one usage report.
+pub const MAX_USE_COUNT: i64 = 1_000_000_000;
+/// Longest token uid (a UUID is 36).
+const MAX_UID_LEN: usize = 64;
 
 /// A new secret, ready to be stored (hash and hint) and shown once.
 struct Minted {
@@ -182,10 +187,20 @@ impl ApiTokenService {
         };
         let ttl = match &request.ttl {
             None => None,
-            Some(ttl) => match positive_duration(ttl) {
-                Some(ttl) => Some(ttl),
-                None => {
+            Some(ttl) => match validate::duration(
+                "ttl",
+                ttl.seconds,
+                ttl.nanos,
+                chrono::Duration::days(validate::MAX_LIFETIME_DAYS),
+                "36525 days (100 years)",
+            ) {
+                Ok(Some(ttl)) => Some(ttl),
+                Ok(None) => {
                     violations.add("ttl", "must be a positive duration");
+                    None
+                }
+                Err(violation) => {
+                    violations.check(Err(violation));
                     None
                 }
             },
@@ -193,7 +208,7 @@ impl ApiTokenService {
         if token.expire_time.is_some() && request.ttl.is_some() {
             violations.add("ttl", "set api_token.expire_time or ttl, not both");
         }
-        let expire_time = expire_time.or_else(|| ttl.map(|ttl| now + ttl));
+        let expire_time = expire_time.or_else(|| ttl.and_then(|ttl| now.checked_add_signed(ttl)));
         let rate_limit = match u32::try_from(token.rate_limit) {
             Ok(0) => None,
             Ok(limit) if limit <= MAX_TOKEN_RATE_LIMIT => Some(limit),
@@ -231,7 +246,7 @@ impl ApiTokenService {
             policy
                 .default_lifetime
                 .and_then(|lifetime| chrono::Duration::from_std(lifetime).ok())
-                .map(|lifetime| now + lifetime)
+                .and_then(|lifetime| now.checked_add_signed(lifetime))
         });
         if expire_time.is_none() && policy.required {
             let description = format!(
@@ -248,7 +263,10 @@ impl ApiTokenService {
                 .await);
         }
         if let (Some(expire_time), Some(max)) = (expire_time, policy.max_lifetime)
-            && chrono::Duration::from_std(max).is_ok_and(|max| expire_time > now + max)
+            && chrono::Duration::from_std(max)
+                .ok()
+                .and_then(|max| now.checked_add_signed(max))
+                .is_some_and(|latest| expire_time > latest)
         {
             let description = format!(
                 "must be at most {} from now: the maximum lifetime of tokens in namespace {namespace}",
@@ -276,6 +294,7 @@ impl ApiTokenService {
                     secret_hash: minted.hash,
                     secret_hint: minted.hint,
                     rate_limit,
+                    interceptor: token.interceptor,
                     now,
                 },
                 Some(self.auth.limits().quota(namespace_id.as_str())),
@@ -288,6 +307,9 @@ impl ApiTokenService {
                         now,
                     );
                     entry.details.insert("role".into(), role.to_string());
+                    if token.interceptor {
+                        entry.details.insert("interceptor".into(), "true".into());
+                    }
                     if let Some(expiry) = expire_time {
                         entry
                             .details
@@ -408,6 +430,12 @@ impl ApiTokenService {
             .authorize_on_name(&request, "api_token.name", &token.name, Role::Owner)
             .await?;
         let paths = update_paths(&token, request.get_ref().update_mask.as_ref())?;
+        if token.etag.len() > MAX_ETAG_LEN {
+            return Err(Error::invalid(
+                "api_token.etag",
+                format!("must be at most {MAX_ETAG_LEN} bytes: send back the etag the server gave"),
+            ));
+        }
         let now = self.clock.now();
         let mut entry = context.entry(
             name.namespace().as_str(),
@@ -442,11 +470,14 @@ impl ApiTokenService {
         let now = self.clock.now();
         let grace_ttl = match &request.get_ref().previous_secret_ttl {
             None => None,
-            Some(ttl) if ttl.seconds == 0 && ttl.nanos == 0 => None,
-            Some(ttl) => Some(
-                positive_duration(ttl)
-                    .ok_or_else(|| Error::invalid("previous_secret_ttl", "must not be negative"))?,
-            ),
+            Some(ttl) => validate::duration(
+                "previous_secret_ttl",
+                ttl.seconds,
+                ttl.nanos,
+                chrono::Duration::days(validate::MAX_LIFETIME_DAYS),
+                "36525 days",
+            )
+            .map_err(|violation| Error::InvalidArgument(vec![violation]))?,
         };
         if let Some(ttl) = grace_ttl
             && chrono::Duration::from_std(self.policy.max_grace).is_ok_and(|max| ttl > max)
@@ -472,10 +503,12 @@ impl ApiTokenService {
                 "needs a previous_secret_ttl: without a grace period the previous secret dies at once",
             ));
         }
-        let grace = grace_ttl.map(|ttl| Grace {
-            until: now + ttl,
-            end_on_first_use,
-        });
+        let grace = grace_ttl
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .map(|until| Grace {
+                until,
+                end_on_first_use,
+            });
         let current = self.store.get(&name).await?;
         if current.state(now) == TokenState::Expired {
             return Err(Error::FailedPrecondition {
@@ -556,21 +589,24 @@ impl ApiTokenService {
         let record = if request.get_ref().secret.is_empty() {
             self.auth.authenticate_verified(&request, None).await?
         } else {
-            // An interceptor names the address of the call it authenticates.
+            // An interceptor names the address of the call it authenticates;
+            // anyone else is taken to be calling from where they call.
             let peer = request.remote_addr().map(|addr| addr.ip());
-            let request = request.into_inner();
-            let caller = if request.caller_address.is_empty() {
-                peer
+            let named = if request.get_ref().caller_address.is_empty() {
+                None
             } else {
                 Some(
-                    request
-                        .caller_address
-                        .parse::<std::net::IpAddr>()
-                        .map_err(|_| {
-                            Error::invalid("caller_address", "must be an IPv4 or IPv6 address")
-                        })?,
+                    validate::ip_address("caller_address", &request.get_ref().caller_address)
+                        .map_err(|violation| Error::InvalidArgument(vec![violation]))?,
                 )
             };
+            let caller = match named {
+                Some(address) if self.auth.interceptor_of(&request).await.is_some() => {
+                    Some(address)
+                }
+                _ => peer,
+            };
+            let request = request.into_inner();
             self.auth
                 .verify(Secret::new(request.secret), caller)
                 .await?
@@ -598,20 +634,24 @@ impl ApiTokenService {
             .authorize_on_parent(&request, &request.get_ref().parent, Role::Viewer)
             .await?;
         let request = request.into_inner();
+        let slot = self.events.reserve(&caller.uid, &caller.name)?;
         let cursor = self.events.start(request.after_sequence).await?;
         info!(namespace = %namespace, cursor, watcher = %caller.name, "event stream opened");
         Ok(self
             .events
-            .stream(namespace.as_str().to_owned(), cursor, caller.name))
+            .stream(namespace.as_str().to_owned(), cursor, caller.name, slot))
     }
 
     async fn report_usage(
         &self,
         request: Request<v1::ReportApiTokenUsageRequest>,
     ) -> Result<v1::ReportApiTokenUsageResponse, Error> {
-        let (_, namespace) = self
-            .authorize_on_parent(&request, &request.get_ref().parent, Role::Viewer)
+        let caller = self
+            .auth
+            .authenticate(&request, namespace_hint(&request.get_ref().parent))
             .await?;
+        let namespace = Namespace::parse_parent("parent", &request.get_ref().parent)?;
+        caller.authorize_interceptor(namespace.as_str())?;
         let request = request.into_inner();
         let now = self.clock.now();
         let mut violations = Violations::default();
@@ -626,9 +666,14 @@ impl ApiTokenService {
             let field = |name: &str| format!("usages[{index}].{name}");
             if usage.uid.is_empty() {
                 violations.add(field("uid"), "is required");
+            } else if usage.uid.len() > MAX_UID_LEN {
+                violations.add(field("uid"), format!("must be at most {MAX_UID_LEN} bytes"));
             }
-            if usage.use_count < 1 {
-                violations.add(field("use_count"), "must be at least 1");
+            if !(1..=MAX_USE_COUNT).contains(&usage.use_count) {
+                violations.add(
+                    field("use_count"),
+                    format!("must be from 1 to {MAX_USE_COUNT}"),
+                );
             }
             let last_use_time = match usage
                 .last_use_time
@@ -648,11 +693,14 @@ impl ApiTokenService {
             };
             let last_use_ip = if usage.last_use_ip.is_empty() {
                 None
-            } else if usage.last_use_ip.parse::<std::net::IpAddr>().is_ok() {
-                Some(usage.last_use_ip.clone())
             } else {
-                violations.add(field("last_use_ip"), "must be an IPv4 or IPv6 address");
-                continue;
+                match validate::ip_address(&field("last_use_ip"), &usage.last_use_ip) {
+                    Ok(ip) => Some(ip.to_string()),
+                    Err(violation) => {
+                        violations.check(Err(violation));
+                        continue;
+                    }
+                }
             };
             reports.push(UsageReport {
                 namespace: namespace.as_str().to_owned(),
@@ -743,23 +791,19 @@ fn namespace_hint(name: &str) -> Option<&str> {
     check_id("parent", namespace).is_ok().then_some(namespace)
 }
 
-/// A non-negative wire duration, if valid.
-fn positive_duration(duration: &prost_types::Duration) -> Option<chrono::Duration> {
-    if duration.seconds < 0 || duration.nanos < 0 || duration.nanos >= 1_000_000_000 {
-        return None;
-    }
-    let duration = chrono::Duration::try_seconds(duration.seconds)?
-        .checked_add(&chrono::Duration::nanoseconds(i64::from(duration.nanos)))?;
-    (duration > chrono::Duration::zero()).then_some(duration)
-}
-
 /// The fields an update touches: the mask's paths (`*` for all), or, with
 /// no mask, every mutable field set in `token` (AIP-134).
 fn update_paths(
     token: &v1::ApiToken,
     mask: Option<&prost_types::FieldMask>,
 ) -> Result<Vec<&'static str>, Error> {
-    let paths: Vec<String> = mask.map(|mask| mask.paths.clone()).unwrap_or_default();
+    let paths: &[String] = mask.map_or(&[], |mask| mask.paths.as_slice());
+    if paths.len() > MAX_MASK_PATHS {
+        return Err(Error::invalid(
+            "update_mask",
+            format!("must have at most {MAX_MASK_PATHS} paths"),
+        ));
+    }
     if paths.is_empty() {
         let set = [
             !token.display_name.is_empty(),
@@ -790,13 +834,16 @@ fn update_paths(
     }
     let mut violations = Violations::default();
     let mut known = Vec::new();
-    for path in &paths {
+    for path in paths {
         match UPDATABLE.iter().find(|field| *field == path) {
             Some(field) if !known.contains(field) => known.push(*field),
             Some(_) => {}
             None => violations.add(
                 "update_mask",
-                format!("`{path}` cannot be updated: use display_name, description, labels, expire_time or role"),
+                format!(
+                    "{} cannot be updated: use display_name, description, labels, expire_time or role",
+                    quote(path)
+                ),
             ),
         }
     }
@@ -817,7 +864,8 @@ fn changes_for(
     if !token.etag.is_empty() && token.etag != current.etag() {
         return Err(Error::Aborted(format!(
             "etag {} does not match the current etag of {}: read it again and retry",
-            token.etag, current.name
+            quote(&token.etag),
+            current.name
         )));
     }
     let mut violations = Violations::default();

@@ -100,7 +100,7 @@ impl UsageRecorder {
 /// address seen then.
 fn merge(pending: &mut HashMap<TokenKey, Pending>, key: TokenKey, (count, at, ip): Pending) {
     let entry = pending.entry(key).or_insert((0, at, None));
-    entry.0 += count;
+    entry.0 = entry.0.saturating_add(count);
     if at >= entry.1 {
         entry.1 = at;
         if ip.is_some() {

@@ -36,6 +36,7 @@ pub struct Model {
     pub previous_secret_expire_time: Option<DateTimeUtc>,
     pub end_grace_on_first_use: bool,
     pub expiry_warning_level: i16,
+    pub interceptor: bool,
 }
 
 impl std::fmt::Debug for Model {

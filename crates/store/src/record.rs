@@ -56,6 +56,9 @@ pub struct TokenRecord {
     pub end_grace_on_first_use: bool,
     /// How many expiry warning lead times were announced.
     pub expiry_warning_level: i16,
+    /// The token belongs to an interceptor or proxy: it may report usage
+    /// and name the address of the calls it verifies.
+    pub interceptor: bool,
 }
 
 impl TokenRecord {
@@ -100,6 +103,8 @@ pub struct NewToken {
     pub secret_hint: String,
     /// Per-token rate limit; `None`: the role's default.
     pub rate_limit: Option<u32>,
+    /// An interceptor's token.
+    pub interceptor: bool,
     /// Creation time.
     pub now: DateTime<Utc>,
 }

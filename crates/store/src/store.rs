@@ -147,6 +147,41 @@ impl TokenStore {
         self.db.ping().await.map_err(db_error)
     }
 
+    /// The migrations this binary expects that the database lacks (all of
+    /// them when it has no schema at all). Empty: the schema is at (or, after
+    /// a newer release migrated it, beyond) the version this binary expects.
+    /// `UNAVAILABLE` when the database does not answer.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, Error> {
+        let expected: Vec<String> = Migrator::migrations()
+            .iter()
+            .map(|migration| migration.name().to_owned())
+            .collect();
+        let applied = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT version FROM seaql_migrations",
+            ))
+            .await;
+        let applied: Vec<String> = match applied {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|row| row.try_get::<String>("", "version").ok())
+                .collect(),
+            Err(error) => {
+                // No migration table: no schema. A database that is down
+                // says so to the ping.
+                self.ping().await?;
+                warn!(error = %error, "cannot read the migration table");
+                Vec::new()
+            }
+        };
+        Ok(expected
+            .into_iter()
+            .filter(|name| !applied.contains(name))
+            .collect())
+    }
+
     /// The underlying connection (for tests and tooling).
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
@@ -199,6 +234,7 @@ impl TokenStore {
             previous_secret_expire_time: Set(None),
             end_grace_on_first_use: Set(false),
             expiry_warning_level: Set(0),
+            interceptor: Set(token.interceptor),
         };
         let txn = self.db.begin().await.map_err(db_error)?;
         if txn.get_database_backend() == DbBackend::Postgres {
@@ -848,6 +884,11 @@ impl TokenStore {
 
     /// Adds batched uses: one transaction, two statements per token.
     /// Returns how many reports matched a token of their namespace.
+    ///
+    /// No report can make a row unreadable or move time backwards: the
+    /// count saturates at `i64::MAX` (SQLite would otherwise turn an
+    /// overflowing integer into a float), `last_use_time` only moves forward
+    /// and never before the token's creation.
     pub async fn record_usage(&self, reports: &[UsageReport]) -> Result<u64, Error> {
         if reports.is_empty() {
             return Ok(0);
@@ -858,18 +899,31 @@ impl TokenStore {
             let token = Condition::all()
                 .add(Column::Uid.eq(report.uid.as_str()))
                 .add(Column::Namespace.eq(report.namespace.as_str()));
+            let count = Ord::max(report.count, 0);
             let counted = Entity::update_many()
                 .col_expr(
                     Column::UseCount,
-                    Expr::col(Column::UseCount).add(report.count),
+                    Expr::case(
+                        Expr::col(Column::UseCount).gt(i64::MAX - count),
+                        Expr::value(i64::MAX),
+                    )
+                    .finally(Expr::col(Column::UseCount).add(count))
+                    .into(),
                 )
                 .filter(token.clone())
                 .exec(&txn)
                 .await
                 .map_err(db_error)?;
             matched += counted.rows_affected;
-            let mut latest = Entity::update_many()
-                .col_expr(Column::LastUseTime, Expr::value(report.last_use_time));
+            let mut latest = Entity::update_many().col_expr(
+                Column::LastUseTime,
+                Expr::case(
+                    Expr::col(Column::CreateTime).gt(report.last_use_time),
+                    Expr::col(Column::CreateTime),
+                )
+                .finally(Expr::value(report.last_use_time))
+                .into(),
+            );
             if let Some(ip) = &report.last_use_ip {
                 latest = latest.col_expr(Column::LastUseIp, Expr::value(ip.clone()));
             }
@@ -1068,6 +1122,7 @@ fn to_record(model: entity::Model) -> Result<TokenRecord, Error> {
         previous_secret_expire_time: model.previous_secret_expire_time,
         end_grace_on_first_use: model.end_grace_on_first_use,
         expiry_warning_level: model.expiry_warning_level,
+        interceptor: model.interceptor,
     })
 }
 
