@@ -1,0 +1,1 @@
+//! What the in-memory verification index loads.

@@ -1,0 +1,165 @@
+//! The event log: append, read after a cursor, the expiry sweep, pruning
+//! with a watermark.
+
+use apitoken_domain::{Error, event::EventKind, name::TokenName};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::Expr,
+};
+use tracing::error;
+
+use super::{TokenStore, db_error, tokens::to_record};
+use crate::{
+    entity::{Column, Entity},
+    event_entity,
+    record::{EventRecord, TokenRecord},
+    watermark_entity,
+};
+
+impl TokenStore {
+    /// Appends an `Expired` event, exactly once, for every token that reached
+    /// its expiry; returns them. Safe with several replicas sweeping.
+    pub async fn sweep_expired(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<TokenRecord>, Error> {
+        let due: Vec<TokenRecord> = Entity::find()
+            .filter(Column::RevokeTime.is_null())
+            .filter(Column::ExpireTime.lte(now))
+            .filter(Column::ExpiryNotified.eq(false))
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(to_record)
+            .collect::<Result<_, _>>()?;
+        let mut expired = Vec::with_capacity(due.len());
+        for record in due {
+            let txn = self.begin_event_write().await?;
+            let claimed = Entity::update_many()
+                .col_expr(Column::ExpiryNotified, Expr::value(true))
+                .filter(Column::Id.eq(record.id))
+                .filter(Column::ExpiryNotified.eq(false))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            if claimed.rows_affected == 1 {
+                append_event(&txn, &record, EventKind::Expired, now).await?;
+                txn.commit().await.map_err(db_error)?;
+                expired.push(record);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Events of `namespace` after `sequence`, oldest first.
+    pub async fn events_after(
+        &self,
+        namespace: &str,
+        sequence: i64,
+        limit: u64,
+    ) -> Result<Vec<EventRecord>, Error> {
+        event_entity::Entity::find()
+            .filter(event_entity::Column::Namespace.eq(namespace))
+            .filter(event_entity::Column::Id.gt(sequence))
+            .order_by_asc(event_entity::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(|model| {
+                let kind = EventKind::from_i16(model.kind).ok_or_else(|| {
+                    error!(sequence = model.id, "corrupt api_token_events row");
+                    Error::Internal
+                })?;
+                Ok(EventRecord {
+                    sequence: model.id,
+                    kind,
+                    name: TokenName::from_stored(&model.namespace, &model.token_id),
+                    uid: model.uid,
+                    event_time: model.event_time,
+                })
+            })
+            .collect()
+    }
+
+    /// The end of the event log: the latest sequence appended, even if it
+    /// was pruned since (0 when nothing was ever appended).
+    pub async fn last_event_sequence(&self) -> Result<i64, Error> {
+        let last = event_entity::Entity::find()
+            .order_by_desc(event_entity::Column::Id)
+            .one(&self.db)
+            .await
+            .map_err(db_error)?;
+        let pruned = self.events_pruned_through().await?;
+        Ok(std::cmp::max(last.map_or(0, |event| event.id), pruned))
+    }
+
+    /// Deletes events older than `cutoff` and records the last sequence
+    /// deleted, in one transaction; returns that sequence (0: nothing).
+    pub async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<i64, Error> {
+        let txn = self.begin_event_write().await?;
+        let last = event_entity::Entity::find()
+            .filter(event_entity::Column::EventTime.lt(cutoff))
+            .order_by_desc(event_entity::Column::Id)
+            .one(&txn)
+            .await
+            .map_err(db_error)?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        event_entity::Entity::delete_many()
+            .filter(event_entity::Column::Id.lte(last.id))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        watermark_entity::Entity::update_many()
+            .col_expr(
+                watermark_entity::Column::PrunedThrough,
+                Expr::value(last.id),
+            )
+            .filter(watermark_entity::Column::Id.eq(1_i16))
+            .filter(watermark_entity::Column::PrunedThrough.lt(last.id))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(last.id)
+    }
+
+    /// The last event sequence pruned (0 when none was).
+    pub async fn events_pruned_through(&self) -> Result<i64, Error> {
+        let watermark = watermark_entity::Entity::find_by_id(1_i16)
+            .one(&self.db)
+            .await
+            .map_err(db_error)?;
+        Ok(watermark.map_or(0, |watermark| watermark.pruned_through))
+    }
+}
+
+pub(super) async fn append_event(
+    txn: &DatabaseTransaction,
+    record: &TokenRecord,
+    kind: EventKind,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    event_entity::ActiveModel {
+        id: NotSet,
+        namespace: Set(record.name.namespace().as_str().to_owned()),
+        token_id: Set(record.name.token_id().to_owned()),
+        uid: Set(record.uid.clone()),
+        kind: Set(kind.as_i16()),
+        event_time: Set(now),
+    }
+    .insert(txn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! [`TokenStore`]: every query the service makes, on SQLite or PostgreSQL.
+//!
+//! This module holds the connection, errors and the transaction helpers;
+//! the queries live by concern: [`tokens`] (create, read, list, change,
+//! revoke), [`events`] (the event log), [`audit`], [`retention`] (warnings,
+//! inactivity, purge), [`usage`] (batched use counts) and [`auth_rows`]
+//! (what the in-memory verification index loads).
+
+mod audit;
+mod auth_rows;
+mod events;
+mod retention;
+mod tokens;
+mod usage;
+
+use std::time::Duration;
+
+use apitoken_domain::Error;
+use apitoken_migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
+};
+use tracing::{error, warn};
+
+/// Key of the PostgreSQL transaction lock that orders event sequences.
+pub(super) const EVENT_LOCK_KEY: i64 = 0x6170_6974_6f6b;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most connections in the pool.
+    pub max_connections: u32,
+    /// How long to wait for a connection (also the connect timeout).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The token repository.
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    db: DatabaseConnection,
+}
+
+/// Maps a database error: connection trouble is `UNAVAILABLE` (retry), the
+/// rest `INTERNAL`; the detail is logged here and never sent to a client.
+pub(super) fn db_error(error: DbErr) -> Error {
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+            warn!(error = %error, "database unavailable");
+            Error::Unavailable("database unavailable, retry later".to_owned())
+        }
+        other => {
+            error!(error = %other, "database error");
+            Error::Internal
+        }
+    }
+}
+
+/// Adds `mode=rwc` to a SQLite URL without a mode, so the file is created.
+fn with_sqlite_create_mode(url: &str) -> String {
+    if url.starts_with("sqlite:") && !url.contains("mode=") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}mode=rwc")
+    } else {
+        url.to_owned()
+    }
+}
+
+/// A URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl TokenStore {
+    /// Connects to `url` (`sqlite://path.db`, `postgres://…`). A SQLite file
+    /// is created if missing and put in WAL mode.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<TokenStore, Error> {
+        let mut connect = ConnectOptions::new(with_sqlite_create_mode(url));
+        connect
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_timeout(options.acquire_timeout)
+            .sqlx_logging(false);
+        let db = Database::connect(connect).await.map_err(|error| {
+            warn!(url = %redact_url(url), error = %error, "cannot connect to the database");
+            Error::Unavailable(format!(
+                "cannot connect to the database at {}",
+                redact_url(url)
+            ))
+        })?;
+        if db.get_database_backend() == DbBackend::Sqlite {
+            db.execute_unprepared("PRAGMA journal_mode=WAL")
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(TokenStore { db })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        Migrator::up(&self.db, None).await.map_err(db_error)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(db_error)
+    }
+
+    /// The migrations this binary expects that the database lacks (all of
+    /// them when it has no schema at all). Empty: the schema is at (or, after
+    /// a newer release migrated it, beyond) the version this binary expects.
+    /// `UNAVAILABLE` when the database does not answer.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, Error> {
+        let expected: Vec<String> = Migrator::migrations()
+            .iter()
+            .map(|migration| migration.name().to_owned())
+            .collect();
+        let applied = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT version FROM seaql_migrations",
+            ))
+            .await;
+        let applied: Vec<String> = match applied {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|row| row.try_get::<String>("", "version").ok())
+                .collect(),
+            Err(error) => {
+                // No migration table: no schema. A database that is down
+                // says so to the ping.
+                self.ping().await?;
+                warn!(error = %error, "cannot read the migration table");
+                Vec::new()
+            }
+        };
+        Ok(expected
+            .into_iter()
+            .filter(|name| !applied.contains(name))
+            .collect())
+    }
+
+    /// The underlying connection (for tests and tooling).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// A transaction for a write that appends an event. On PostgreSQL it
+    /// takes a transaction lock first, so that event sequences commit in
+    /// order (a watcher at sequence n never later sees n - 1 appear).
+    async fn begin_event_write(&self) -> Result<DatabaseTransaction, Error> {
+        let txn = self.db.begin().await.map_err(db_error)?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({EVENT_LOCK_KEY})"))
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(txn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        assert_eq!(
+            with_sqlite_create_mode("sqlite://a.db"),
+            "sqlite://a.db?mode=rwc"
+        );
+        assert_eq!(
+            with_sqlite_create_mode("sqlite://a.db?x=1"),
+            "sqlite://a.db?x=1&mode=rwc"
+        );
+        assert_eq!(
+            with_sqlite_create_mode("sqlite://a.db?mode=ro"),
+            "sqlite://a.db?mode=ro"
+        );
+        assert_eq!(
+            with_sqlite_create_mode("postgres://h/db"),
+            "postgres://h/db"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+}
