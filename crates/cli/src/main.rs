@@ -549,6 +549,8 @@ struct Session {
 
 impl Session {
     async fn open(cli: &Cli) -> Result<Session, Failure> {
+        // A bad URL is said first: no token is needed to see it.
+        connect::parse_endpoint(&cli.endpoint).map_err(Failure::Connect)?;
         let token = cli
             .token
             .as_deref()

@@ -891,6 +891,9 @@ async fn every_failure_has_its_exit_status_and_plain_words() {
             message.contains(&format!("bad endpoint `{bad}`")),
             "{message}"
         );
+        // Said first, even without a token.
+        let message = fails(&run_at(bad, None, &["list", "team-a"]), 2);
+        assert!(message.contains("bad endpoint"), "{message}");
     }
 
     // 7: conflicts.
@@ -985,7 +988,8 @@ async fn every_failure_has_its_exit_status_and_plain_words() {
     assert!(
         message.contains(&format!(
             "cannot reach the apitoken server at `http://{full_addr}`"
-        )),
+        )) && (message.contains("timed out while connecting")
+            || message.contains("no answer within 500ms")),
         "{message}"
     );
 
