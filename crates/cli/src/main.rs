@@ -562,9 +562,14 @@ impl Session {
                 "is longer than {MAX_TOKEN_LEN} characters"
             )));
         }
-        let authorization = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-            Failure::BadToken("holds characters that cannot be sent (not printable ASCII)".into())
-        })?;
+        let mut authorization =
+            MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                Failure::BadToken(
+                    "holds characters that cannot be sent (not printable ASCII)".into(),
+                )
+            })?;
+        // Never HPACK-indexed, never in Debug output.
+        authorization.set_sensitive(true);
         let channel = connect::connect(&cli.endpoint, cli.connect_timeout)
             .await
             .map_err(Failure::Connect)?;
