@@ -8,7 +8,8 @@
 # (`tools/node_modules/.bin/buf generate`), builds each program, and runs it
 # against a fresh server (127.0.0.1, a free port, SQLite in a temp dir, an
 # owner token from `apitoken-server bootstrap --namespace team-a`; see
-# tests/server.sh). Needs: cargo, jq, node with `npm ci --prefix tools`
+# tests/server.sh). Each language's example in README.md ("From any
+# language") is built and run the same way, as it stands. Needs: cargo, jq, node with `npm ci --prefix tools`
 # (CI links tools/node_modules to its cache), python3 with
 # tests/clients/python/requirements.txt, and Go 1.19+ with protoc-gen-go, protoc-gen-go-grpc and grpc-go/genproto in GOPATH
 # (Debian: golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
@@ -56,9 +57,37 @@ generate() {
   tools/node_modules/.bin/buf generate
 }
 
-build_python() { :; }
+# The README's example for a language ("From any language"), as it stands.
+readme_example() {
+  awk -v lang="$1" '
+    $0 == "<!-- client-example:" lang ":begin -->" { on = 1; next }
+    $0 == "<!-- client-example:" lang ":end -->" { on = 0 }
+    on && !/^```/' README.md
+}
+
+# Runs a README example and checks what it prints: the verified token's
+# name, then the status and the ErrorInfo reason of the revoked token.
+check_example() {
+  local output
+  if ! output="$("$@" 2>&1)"; then
+    printf 'FAIL readme_example: exited non-zero:\n%s\n' "$output"
+    return 1
+  fi
+  printf '%s\n' "$output" | sed 's/^/     | /'
+  if ! grep -qx 'namespaces/team-a/apitokens/readme-example' <<<"$output" ||
+    ! grep -qxiE 'unauthenticated TOKEN_REVOKED' <<<"$output"; then
+    echo "FAIL readme_example: expected the token's name, then 'UNAUTHENTICATED TOKEN_REVOKED'"
+    return 1
+  fi
+  echo "ok   readme_example"
+}
+
+build_python() {
+  readme_example python >"$work/readme_example.py" && [ -s "$work/readme_example.py" ]
+}
 run_python() {
-  PYTHONPATH="$root/gen/python${PYTHONPATH:+:$PYTHONPATH}" python3 tests/clients/python/client.py
+  export PYTHONPATH="$root/gen/python${PYTHONPATH:+:$PYTHONPATH}"
+  python3 tests/clients/python/client.py && check_example python3 "$work/readme_example.py"
 }
 
 # The program and gen/ts are compiled together, in a copy that mirrors the
@@ -71,10 +100,12 @@ build_typescript() {
     rm -rf "$build/tests/clients/typescript/dist" &&
     ln -s "$(readlink -f "$node_modules")" "$build/node_modules" &&
     echo '{ "private": true, "type": "module" }' >"$build/package.json" &&
+    readme_example typescript >"$build/readme_example.ts" && [ -s "$build/readme_example.ts" ] &&
     "$node_modules/.bin/tsc" -p "$build/tests/clients/typescript/tsconfig.json"
 }
 run_typescript() {
-  node "$work/typescript/tests/clients/typescript/dist/tests/clients/typescript/client.js"
+  local dist="$work/typescript/tests/clients/typescript/dist"
+  node "$dist/tests/clients/typescript/client.js" && check_example node "$dist/readme_example.js"
 }
 
 # GOPATH mode, offline: Debian's grpc-go and genproto in /usr/share/gocode,
@@ -85,15 +116,18 @@ go_env() {
 }
 build_go() {
   local src="$work/gopath/src/apitoken.internal" unformatted
-  unformatted="$(gofmt -l tests/clients/go)" || return 1
+  readme_example go >"$work/readme_example.go" || return 1
+  unformatted="$(gofmt -l tests/clients/go "$work/readme_example.go")" || return 1
   [ -z "$unformatted" ] || { echo "gofmt: not formatted: $unformatted" >&2; return 1; }
   mkdir -p "$src/gen/go" "$src/tests/clients" &&
     cp -R gen/go/apitoken "$src/gen/go/apitoken" &&
     cp -R tests/clients/go "$src/tests/clients/go" &&
-    (cd "$src/tests/clients/go" && go_env go vet . && go_env go build -o "$work/go-client" .)
+    mkdir -p "$src/readme_example" && cp "$work/readme_example.go" "$src/readme_example/main.go" &&
+    (cd "$src/tests/clients/go" && go_env go vet . && go_env go build -o "$work/go-client" .) &&
+    (cd "$src/readme_example" && go_env go vet . && go_env go build -o "$work/go-readme-example" .)
 }
 run_go() {
-  "$work/go-client"
+  "$work/go-client" && check_example "$work/go-readme-example"
 }
 
 timed "buf generate" generate
