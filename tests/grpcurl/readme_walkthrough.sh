@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the README's grpcurl walk-through verbatim against a freshly started
 # apitoken-server, with a real grpcurl, then checks what a reader would see.
-# Needs grpcurl and jq on PATH; the default address 127.0.0.1:50051 must be free.
+# Needs cargo, grpcurl and jq on PATH; the default address 127.0.0.1:50051 must be free.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -9,8 +9,11 @@ work="$(mktemp -d)"
 export APITOKEN_DATABASE_URL="sqlite://$work/walkthrough.db"
 export APITOKEN_LOG=info
 
-cargo build -q -p apitoken-server
-target/debug/apitoken-server >"$work/server.log" 2>&1 &
+# The binary's path from cargo (CARGO_TARGET_DIR and profiles honoured).
+# shellcheck source=tests/server.sh
+. tests/server.sh
+server_bin="$(apitoken_server_binary)"
+"$server_bin" >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
