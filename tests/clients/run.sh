@@ -5,12 +5,12 @@
 #   tests/clients/run.sh [python|typescript|go|all]...   (default: all)
 #
 # Generates gen/ from the checked-in protos with the documented command
-# (`tools/node_modules/.bin/buf generate`), builds each program, and runs it
+# (`tests/clients/tools/node_modules/.bin/buf generate`), builds each program, and runs it
 # against a fresh server (127.0.0.1, a free port, SQLite in a temp dir, an
 # owner token from `apitoken-server bootstrap --namespace team-a`; see
 # tests/server.sh). Each language's example in README.md ("From any
-# language") is built and run the same way, as it stands. Needs: cargo, jq, node with `npm ci --prefix tools`
-# (CI links tools/node_modules to its cache), python3 with
+# language") is built and run the same way, as it stands. Needs: cargo, jq, node with `npm ci --prefix tests/clients/tools`
+# (CI links tests/clients/tools/node_modules to its cache), python3 with
 # tests/clients/python/requirements.txt, and Go 1.19+ with protoc-gen-go, protoc-gen-go-grpc and grpc-go/genproto in GOPATH
 # (Debian: golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
 # golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev).
@@ -32,9 +32,9 @@ for language in "${languages[@]}"; do
   esac
 done
 
-node_modules="$root/tools/node_modules"
+node_modules="$root/tests/clients/tools/node_modules"
 if [ ! -x "$node_modules/.bin/buf" ]; then
-  echo "no buf in tools/node_modules: run 'npm ci --prefix tools' first" >&2
+  echo "no buf in tests/clients/tools/node_modules: run 'npm ci --prefix tests/clients/tools' first" >&2
   exit 1
 fi
 
@@ -54,7 +54,7 @@ timed() {
 }
 
 generate() {
-  tools/node_modules/.bin/buf generate
+  tests/clients/tools/node_modules/.bin/buf generate
 }
 
 # The README's example for a language ("From any language"), as it stands.

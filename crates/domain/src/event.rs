@@ -17,17 +17,23 @@ pub enum EventKind {
     GraceEnded,
     /// Reached an expiry warning lead time.
     ExpiryWarning,
+    /// Created.
+    Created,
+    /// Purged after the retention period.
+    Purged,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Revoked,
         EventKind::Regenerated,
         EventKind::Updated,
         EventKind::Expired,
         EventKind::GraceEnded,
         EventKind::ExpiryWarning,
+        EventKind::Created,
+        EventKind::Purged,
     ];
 
     /// The number stored in the database (as on the wire).
@@ -39,6 +45,8 @@ impl EventKind {
             EventKind::Expired => 4,
             EventKind::GraceEnded => 5,
             EventKind::ExpiryWarning => 6,
+            EventKind::Created => 7,
+            EventKind::Purged => 8,
         }
     }
 
@@ -58,7 +66,15 @@ impl EventKind {
             EventKind::Expired => Kind::Expired,
             EventKind::GraceEnded => Kind::GraceEnded,
             EventKind::ExpiryWarning => Kind::ExpiryWarning,
+            EventKind::Created => Kind::Created,
+            EventKind::Purged => Kind::Purged,
         }
+    }
+
+    /// Whether a token cached before this event may now be stale (created
+    /// and warned tokens are not: nothing about them changed).
+    pub fn invalidates(self) -> bool {
+        !matches!(self, EventKind::ExpiryWarning | EventKind::Created)
     }
 }
 
