@@ -83,6 +83,8 @@ pub struct Options {
     pub limits: Limits,
     /// The lifecycle policy (the deployment defaults unless changed).
     pub policy: Policy,
+    /// Proxies whose `x-forwarded-for` is believed.
+    pub trusted_proxies: apitoken_server::peer::TrustedProxies,
 }
 
 /// Limits that tests of other features never reach.
@@ -111,6 +113,7 @@ impl Default for Options {
             },
             limits: generous_limits(),
             policy: Policy::default(),
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -282,6 +285,23 @@ impl TestServer {
         self.handle = Some(handle);
     }
 
+    /// Another replica: a second server on the same database (PostgreSQL)
+    /// with the same options and clock, on its own address.
+    pub async fn replica(&self) -> Replica {
+        let app = build_app(&self.database_url, &self.options, &self.clock).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown, handle) = spawn_app(app, listener);
+        let replica = Replica {
+            addr,
+            channel: tokio::sync::OnceCell::new(),
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        };
+        replica.wait_until_serving().await;
+        replica
+    }
+
     /// Calls of `/apitoken.v1.ApiTokenService/<method>` received.
     pub fn calls(&self, method: &str) -> u64 {
         self.requests
@@ -384,6 +404,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.events = options.events;
     config.limits = options.limits.clone();
     config.policy = options.policy.clone();
+    config.trusted_proxies = options.trusted_proxies.clone();
     // Retention runs every 10 minutes in production; tests move the clock
     // and want it applied promptly.
     config.policy.retention_interval = Duration::from_millis(100);
@@ -488,6 +509,97 @@ pub fn init_logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_test_writer()
         .try_init();
+}
+
+/// A second server on a [`TestServer`]'s database.
+#[derive(Debug)]
+pub struct Replica {
+    pub addr: SocketAddr,
+    channel: tokio::sync::OnceCell<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), StartError>>>,
+}
+
+impl Replica {
+    /// A client on a new connection.
+    pub async fn client(&self) -> ApiTokenServiceClient<Channel> {
+        ApiTokenServiceClient::new(
+            Channel::from_shared(format!("http://{}", self.addr))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect"),
+        )
+    }
+
+    /// A client on the replica's one kept connection.
+    pub async fn shared_client(&self) -> ApiTokenServiceClient<Channel> {
+        let channel = self
+            .channel
+            .get_or_init(|| async {
+                Channel::from_shared(format!("http://{}", self.addr))
+                    .expect("uri")
+                    .connect()
+                    .await
+                    .expect("connect")
+            })
+            .await;
+        ApiTokenServiceClient::new(channel.clone())
+    }
+
+    /// Waits (up to 10 s) until its health is SERVING (index loaded).
+    pub async fn wait_until_serving(&self) {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .map(|reply| reply.into_inner().status);
+            let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            if status.is_ok_and(|status| status == serving) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica never served"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops it.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Runs each listed `async fn(TestServer)` on PostgreSQL only (several
+/// replicas share one database there).
+#[macro_export]
+macro_rules! postgres_tests {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(server) = $crate::TestServer::start($crate::Backend::Postgres).await {
+                        super::$name(server).await;
+                    }
+                }
+            )*
+        }
+    };
 }
 
 /// The example inventory service, protected by the interceptor, in front of

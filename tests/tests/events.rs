@@ -51,6 +51,8 @@ async fn watch(
 }
 
 /// Reads messages until `count` events arrived (heartbeats skipped).
+/// The next `count` events that may invalidate a cache (creations, which
+/// the log streams too, are left out).
 async fn events(
     stream: &mut Streaming<WatchApiTokenEventsResponse>,
     count: usize,
@@ -62,7 +64,12 @@ async fn events(
             .expect("an event within 5 s")
             .expect("stream ok")
             .expect("stream open");
-        received.extend(message.events);
+        received.extend(
+            message
+                .events
+                .into_iter()
+                .filter(|event| event.kind() != Kind::Created),
+        );
     }
     received
 }

@@ -248,17 +248,24 @@ async fn failed_authentication_is_throttled_per_peer(backend: Backend) {
             .expect_err("unknown");
         assert_eq!(status.code(), Code::Unauthenticated);
     }
-    // Now even a valid token from this address is refused before any lookup.
+    // Further failures from this address are refused as a burst...
     let status = client
-        .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
+        .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
         .await
         .expect_err("throttled");
-    assert_rate_limited(&status, "peer 127.0.0.1", "12");
-    server.clock.advance(chrono::Duration::seconds(12));
+    assert_rate_limited(&status, "address 127.0.0.1", "12");
+    // ...but a good token keeps working from it: one bad client behind a
+    // shared address does not lock out the others.
     client
         .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
         .await
-        .expect("after retry-after");
+        .expect("a good token from a throttled address");
+    server.clock.advance(chrono::Duration::seconds(12));
+    let status = client
+        .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::Unauthenticated, "after retry-after");
 }
 
 async fn quota_refuses_and_recovers(backend: Backend) {
@@ -523,6 +530,8 @@ async fn the_interceptor_throttles_failing_peers(backend: Backend) {
         assert_eq!(status.code(), Code::Unauthenticated);
     }
     let verifications = server.calls("VerifyApiToken");
+    // An unknown token from the throttled address is refused before any
+    // verification...
     let status = client
         .list_items(authed(
             &valid,
@@ -532,7 +541,7 @@ async fn the_interceptor_throttles_failing_peers(backend: Backend) {
         ))
         .await
         .expect_err("throttled");
-    assert_rate_limited(&status, "peer 127.0.0.1", "20");
+    assert_rate_limited(&status, "address 127.0.0.1", "20");
     assert_eq!(
         server.calls("VerifyApiToken"),
         verifications,
@@ -548,6 +557,27 @@ async fn the_interceptor_throttles_failing_peers(backend: Backend) {
         ))
         .await
         .expect("after retry-after");
+    // ...while a token known good keeps working through a new burst.
+    for _ in 0..4 {
+        let _ = client
+            .list_items(authed(
+                "apitoken_garbage",
+                ListItemsRequest {
+                    namespace: NAMESPACE.into(),
+                },
+            ))
+            .await
+            .expect_err("malformed");
+    }
+    client
+        .list_items(authed(
+            &valid,
+            ListItemsRequest {
+                namespace: NAMESPACE.into(),
+            },
+        ))
+        .await
+        .expect("known good, from a throttled address");
     example.stop().await;
 }
 

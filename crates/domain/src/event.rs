@@ -71,6 +71,12 @@ impl EventKind {
         }
     }
 
+    /// Whether the event changed what verification reads of the token's row
+    /// (expiry and warnings change nothing there: expiry is a matter of time).
+    pub fn changes_row(self) -> bool {
+        !matches!(self, EventKind::ExpiryWarning | EventKind::Expired)
+    }
+
     /// Whether a token cached before this event may now be stale (created
     /// and warned tokens are not: nothing about them changed).
     pub fn invalidates(self) -> bool {

@@ -29,6 +29,16 @@ impl SecretHash {
         Some(SecretHash(blake3::Hash::from_bytes(bytes)))
     }
 
+    /// 64 bits of the hash, for in-memory hash tables: the hash is keyed and
+    /// uniform, so its first bytes are as good a table hash as any, and
+    /// callers cannot aim at a bucket.
+    pub fn table_hash(&self) -> u64 {
+        let bytes = self.0.as_bytes();
+        u64::from_le_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+        ])
+    }
+
     /// Constant-time comparison (`blake3::Hash` equality is constant-time).
     pub fn matches(&self, other: &SecretHash) -> bool {
         self.0 == other.0

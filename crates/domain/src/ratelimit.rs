@@ -21,6 +21,8 @@ use crate::clock::{Clock, SharedClock};
 const MINUTE_MICROS: i64 = 60_000_000;
 /// Above this many keys, keys whose budget is full again are dropped.
 const PRUNE_ABOVE: usize = 100_000;
+/// The key shared by failing addresses that find the throttle's table full.
+const OVERFLOW: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// Which limit a decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +285,12 @@ impl FailureThrottle {
     pub fn blocked(&self, peer: IpAddr) -> Option<Duration> {
         let now = micros(self.clock.as_ref());
         let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        let (cell, _) = peers.get(&peer)?;
+        let (cell, _) = peers.get(&peer).or_else(|| {
+            // Counted in the overflow when the table was full.
+            (peers.len() >= PRUNE_ABOVE)
+                .then(|| peers.get(&OVERFLOW))
+                .flatten()
+        })?;
         self.gcra
             .admit(Some(cell.tat), now)
             .err()
@@ -294,9 +301,16 @@ impl FailureThrottle {
     pub fn record_failure(&self, peer: IpAddr) -> FailureOutcome {
         let now = micros(self.clock.as_ref());
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        if peers.len() > PRUNE_ABOVE {
+        if peers.len() >= PRUNE_ABOVE && !peers.contains_key(&peer) {
             peers.retain(|_, (cell, _)| cell.tat > now);
         }
+        // Still full (a flood from many addresses): new addresses share one
+        // budget rather than grow the table.
+        let peer = if peers.len() >= PRUNE_ABOVE && !peers.contains_key(&peer) {
+            OVERFLOW
+        } else {
+            peer
+        };
         let entry = peers.entry(peer).or_insert((Cell { tat: now }, false));
         if entry.0.tat <= now {
             // Budget full again: a later burst is a new one.

@@ -229,29 +229,13 @@ impl Shared {
             }
             Requirement::Role(role) => role,
         };
-        if let Some(peer) = peer
-            && let Some(wait) = self.throttle.blocked(peer)
-        {
-            self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
-            let error = Error::ResourceExhausted {
-                subject: format!("peer {peer}"),
-                description: format!(
-                    "too many failed authentications from {peer} (limit {} a minute)",
-                    self.throttle.limit()
-                ),
-                retry_after: Some(wait),
-            };
-            return Verdict {
-                result: Err(error),
-                decision: None,
-            };
-        }
         let verified = match self.identify(metadata, peer).await {
             Ok(verified) => verified,
             Err(error) => {
-                if matches!(error, Error::Unauthenticated(_)) {
-                    self.failed(peer);
-                }
+                let error = match error {
+                    Error::Unauthenticated(_) => self.failed(error, peer),
+                    other => other,
+                };
                 return Verdict {
                     result: Err(error),
                     decision: None,
@@ -315,6 +299,7 @@ impl Shared {
             return Err(local(error));
         }
         match self.cached(&key, now).map_err(local)? {
+            // A token known good works even from a throttled address.
             Some(verified) => {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 self.usage.record(
@@ -324,18 +309,45 @@ impl Shared {
                 );
                 Ok(verified)
             }
-            None => self.verify(key, &secret, metadata, peer).await,
+            None => {
+                // An unknown one from a throttled address is not worth a
+                // verification: that is what the throttle spares apitoken.
+                if let Some(peer) = peer
+                    && let Some(wait) = self.throttle.blocked(peer)
+                {
+                    return Err(local(self.throttled(peer, Some(wait))));
+                }
+                self.verify(key, &secret, metadata, peer).await
+            }
         }
     }
 
-    /// Counts a failed authentication against `peer`; a burst is logged once.
-    fn failed(&self, peer: Option<IpAddr>) {
-        if let Some(peer) = peer
-            && self.throttle.record_failure(peer) == FailureOutcome::BurstStarted
-        {
-            warn!(%peer, limit_per_minute = self.throttle.limit(), "failed authentication burst: throttling this address");
-        }
+    /// Counts a failed authentication against `peer`; a burst is logged
+    /// once. Past the budget the caller gets `RESOURCE_EXHAUSTED` instead.
+    fn failed(&self, error: Error, peer: Option<IpAddr>) -> Error {
         info!(peer = ?peer, "authentication failed");
+        let Some(peer) = peer else {
+            return error;
+        };
+        match self.throttle.record_failure(peer) {
+            FailureOutcome::Counted => error,
+            FailureOutcome::BurstStarted => {
+                warn!(%peer, limit_per_minute = self.throttle.limit(), "failed authentication burst: refusing further failures from this address");
+                error
+            }
+            FailureOutcome::Throttled => self.throttled(peer, self.throttle.blocked(peer)),
+        }
+    }
+
+    fn throttled(&self, peer: IpAddr, wait: Option<std::time::Duration>) -> Error {
+        Error::ResourceExhausted {
+            subject: format!("address {peer}"),
+            description: format!(
+                "too many failed authentications from {peer} (limit {} a minute)",
+                self.throttle.limit()
+            ),
+            retry_after: wait,
+        }
     }
 
     /// A cached token that may be trusted: verified within `cache_ttl`, its

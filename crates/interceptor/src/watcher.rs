@@ -139,8 +139,8 @@ pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::R
                             }
                             first = false;
                             for event in &message.events {
-                                if event.kind() == Kind::ExpiryWarning {
-                                    // Nothing about the token changed.
+                                if matches!(event.kind(), Kind::ExpiryWarning | Kind::Created) {
+                                    // Nothing cached about the token changed.
                                     continue;
                                 }
                                 let dropped = shared.cache.invalidate_uid(&event.uid);

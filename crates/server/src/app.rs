@@ -25,12 +25,14 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::{
-    auth::Authenticator,
+    auth::{AuthParts, Authenticator},
     events::{EventHub, EventTiming},
     health::{self, HealthChecks, set_health},
+    index::{IndexOptions, TokenIndex},
     lifecycle::Lifecycle,
     limits::Limits,
     metrics::RequestCounter,
+    peer::TrustedProxies,
     policy::Policy,
     service::ApiTokenService,
     usage::UsageRecorder,
@@ -62,6 +64,10 @@ pub struct AppConfig {
     pub limits: Limits,
     /// Expiry policy, grace, warnings, inactivity and retention.
     pub policy: Policy,
+    /// Proxies whose `x-forwarded-for` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// The in-memory index (its poll interval is `events.poll_interval`).
+    pub index: IndexOptions,
 }
 
 impl AppConfig {
@@ -79,6 +85,8 @@ impl AppConfig {
             events: EventTiming::default(),
             limits: Limits::default(),
             policy: Policy::default(),
+            trusted_proxies: TrustedProxies::default(),
+            index: IndexOptions::default(),
         }
     }
 }
@@ -172,8 +180,21 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let (stopping_tx, stopping) = watch::channel(false);
+        let index = TokenIndex::new(
+            self.store.clone(),
+            IndexOptions {
+                poll_interval: self.config.events.poll_interval,
+                ..self.config.index
+            },
+        );
+        if let Err(error) = index.load().await {
+            // Health says NOT_SERVING (and why) until the follower loads it.
+            warn!(error = %error, "cannot load the token index yet; will retry");
+        }
+        let follower = index.spawn_follower(stopping.clone());
         let events = Arc::new(EventHub::new(
             self.store.clone(),
+            Arc::clone(&index),
             Arc::clone(&self.clock),
             stopping.clone(),
             self.config.events,
@@ -187,15 +208,16 @@ impl App {
             Arc::clone(&events),
         )
         .spawn(self.config.events.expiry_sweep_interval, stopping.clone());
-        let auth = Authenticator::new(
-            self.store.clone(),
-            self.format.clone(),
-            self.keys.clone(),
-            Arc::clone(&self.clock),
-            Arc::clone(&self.usage),
-            Arc::new(self.config.limits.clone()),
-            Arc::clone(&events),
-        );
+        let auth = Authenticator::new(AuthParts {
+            store: self.store.clone(),
+            index: Arc::clone(&index),
+            format: self.format.clone(),
+            keys: self.keys.clone(),
+            clock: Arc::clone(&self.clock),
+            usage: Arc::clone(&self.usage),
+            limits: Arc::new(self.config.limits.clone()),
+            proxies: Arc::new(self.config.trusted_proxies.clone()),
+        });
         let service = ApiTokenService::new(
             self.store.clone(),
             auth,
@@ -223,7 +245,7 @@ impl App {
             .usage
             .spawn_flusher(self.config.usage_flush_interval, flush_stop);
         let monitor = health::spawn_monitor(
-            HealthChecks::new(self.store.clone()),
+            HealthChecks::new(self.store.clone()).with_index(Arc::clone(&index)),
             reporter.clone(),
             self.config.health_check_interval,
             stopping,
@@ -264,6 +286,7 @@ impl App {
             warn!("usage flusher ended abnormally");
         }
         monitor.abort();
+        follower.abort();
         sweeper.abort();
         lifecycle.abort();
         info!("stopped");

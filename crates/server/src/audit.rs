@@ -37,8 +37,9 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// The context of `request`.
-    pub fn of<T>(request: &Request<T>) -> Self {
+    /// The context of `request` from `client` (its address, see
+    /// [`crate::peer`]).
+    pub fn of<T>(request: &Request<T>, client: Option<std::net::IpAddr>) -> Self {
         let header = |name: &str| {
             request
                 .metadata()
@@ -46,7 +47,7 @@ impl RequestContext {
                 .and_then(|value| value.to_str().ok())
         };
         Self {
-            peer_address: request.remote_addr().map(|addr| addr.ip().to_string()),
+            peer_address: client.map(|ip| ip.to_string()),
             user_agent: header("user-agent").map(|agent| escape(truncate(agent, MAX_USER_AGENT))),
             request_id: header("x-request-id")
                 .filter(|id| is_request_id(id))
@@ -54,6 +55,14 @@ impl RequestContext {
                 .unwrap_or_default(),
             trace_id: header("traceparent").and_then(trace_id),
         }
+    }
+
+    /// The same context with a request id the server makes up, for entries
+    /// about callers that did not authenticate (they choose no field of an
+    /// audit entry but their user agent, escaped and bounded).
+    pub fn without_caller_request_id(mut self) -> Self {
+        self.request_id = OnceLock::new();
+        self
     }
 
     /// A context for what a rule does, outside any request.
@@ -161,7 +170,7 @@ mod tests {
         let metadata = request.metadata_mut();
         metadata.insert("user-agent", "a".repeat(5000).parse().expect("ascii"));
         metadata.insert("x-request-id", "id with spaces".parse().expect("ascii"));
-        let context = RequestContext::of(&request);
+        let context = RequestContext::of(&request, None);
         assert_eq!(
             context.user_agent.as_deref().map(str::len),
             Some(MAX_USER_AGENT)
@@ -176,7 +185,10 @@ mod tests {
         request
             .metadata_mut()
             .insert("x-request-id", "req-42.a:b_c".parse().expect("ascii"));
-        assert_eq!(RequestContext::of(&request).request_id(), "req-42.a:b_c");
+        assert_eq!(
+            RequestContext::of(&request, None).request_id(),
+            "req-42.a:b_c"
+        );
         assert!(!is_request_id(&"x".repeat(MAX_REQUEST_ID + 1)));
     }
 }

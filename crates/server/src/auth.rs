@@ -1,14 +1,30 @@
 //! Authentication of callers: `authorization: Bearer <secret>` to a
 //! [`Principal`], the secret check behind `VerifyApiToken`, the per-token
-//! and per-namespace rate limits, and the per-peer failed-authentication
-//! throttle.
+//! and per-namespace rate limits, and the failed-authentication throttle.
 //!
-//! Order of checks, cheapest first: a throttled peer is refused before
-//! anything else; then header present, `Bearer` scheme, token format and
-//! checksum (no database access), hash lookup through the unique index,
-//! revocation and expiry; then the rate limits. Failures are logged with the
-//! reason and peer address, never the token; a peer's burst of failures is
-//! logged once, when it starts.
+//! Order of checks: header present, `Bearer` scheme, token format and
+//! checksum (no lookup at all), then the in-memory index (no database:
+//! [`crate::index`]), revocation, expiry and grace; then the rate limits.
+//!
+//! **The throttle** counts failures per client address (the transport peer,
+//! or behind trusted proxies the forwarded client; IPv6 by /64; see
+//! [`crate::peer`]). Past the limit, further *failures* from that address
+//! are answered `RESOURCE_EXHAUSTED` instead of `UNAUTHENTICATED`, and
+//! logged once per burst — but a good token keeps working from a throttled
+//! address: one bad client behind a shared proxy does not lock out the
+//! others. (Lookups are in memory, so refusing early would save nothing;
+//! guessing a 256-bit secret is hopeless whatever the rate.)
+//!
+//! **Who may name an address**: only a caller presenting an interceptor
+//! token (`ApiToken.interceptor`) as its own credential may name the address
+//! of the call it verifies (`caller_address`); anyone else is taken to be
+//! calling from where it calls.
+//!
+//! **Bursts are audited** in the namespace of the token that failed when it
+//! is known (a revoked or expired token, a dead previous secret), otherwise
+//! in the deployment's own audit log (namespace `""`, see
+//! [`DEPLOYMENT_AUDIT`]) — never in a namespace the unauthenticated caller
+//! merely named, and with the server's own request id.
 
 use std::{cell::Cell, net::IpAddr, sync::Arc};
 
@@ -20,26 +36,38 @@ use apitoken_domain::{
     ratelimit::{Decision, FailureOutcome, FailureThrottle, RateLimiter, Scope},
     token::{Secret, TokenFormat, bearer_secret},
 };
-use apitoken_store::{SecretMatch, TokenRecord, TokenStore};
+use apitoken_store::{SecretMatch, TokenStore};
 use chrono::{DateTime, Utc};
 use tonic::Request;
 use tracing::{info, warn};
 
 use crate::{
     audit::{Actor, RequestContext},
-    events::EventHub,
+    index::{AuthView, TokenIndex},
     limits::Limits,
+    peer::{TrustedProxies, throttle_key},
     usage::UsageRecorder,
 };
+
+/// The namespace column of audit entries about the deployment itself
+/// (bursts of unknown tokens): no namespace's log shows them.
+pub const DEPLOYMENT_AUDIT: &str = "";
 
 /// A verified secret: its token, and when this secret stops working (the
 /// end of a grace period for a previous secret, else the token's expiry).
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     /// The token.
-    pub record: TokenRecord,
+    pub view: AuthView,
     /// When the presented secret stops working.
     pub secret_expire_time: Option<DateTime<Utc>>,
+}
+
+impl Authenticated {
+    /// The principal it stands for.
+    pub fn principal(&self) -> Principal {
+        principal(&self.view)
+    }
 }
 
 tokio::task_local! {
@@ -48,10 +76,23 @@ tokio::task_local! {
     pub static RATE_DECISION: Cell<Option<Decision>>;
 }
 
+/// A failed verification: the error, and the token it concerned when known.
+struct Failure {
+    error: Error,
+    known: Option<AuthView>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure { error, known: None }
+    }
+}
+
 /// Turns secrets into tokens.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     store: TokenStore,
+    index: Arc<TokenIndex>,
     format: TokenFormat,
     keys: Keys,
     clock: SharedClock,
@@ -59,33 +100,47 @@ pub struct Authenticator {
     limits: Arc<Limits>,
     limiter: Arc<RateLimiter>,
     throttle: Arc<FailureThrottle>,
-    events: Arc<EventHub>,
+    proxies: Arc<TrustedProxies>,
+}
+
+/// What [`Authenticator::new`] needs.
+#[derive(Debug, Clone)]
+pub struct AuthParts {
+    /// The store (for writes on first use of a new secret, and audit).
+    pub store: TokenStore,
+    /// The in-memory index.
+    pub index: Arc<TokenIndex>,
+    /// The token format.
+    pub format: TokenFormat,
+    /// Hashing keys.
+    pub keys: Keys,
+    /// The clock.
+    pub clock: SharedClock,
+    /// Usage figures.
+    pub usage: Arc<UsageRecorder>,
+    /// Limits.
+    pub limits: Arc<Limits>,
+    /// Trusted proxies.
+    pub proxies: Arc<TrustedProxies>,
 }
 
 impl Authenticator {
-    /// An authenticator over `store`.
-    pub fn new(
-        store: TokenStore,
-        format: TokenFormat,
-        keys: Keys,
-        clock: SharedClock,
-        usage: Arc<UsageRecorder>,
-        limits: Arc<Limits>,
-        events: Arc<EventHub>,
-    ) -> Self {
+    /// An authenticator over the index.
+    pub fn new(parts: AuthParts) -> Self {
         Self {
-            events,
-            limiter: Arc::new(RateLimiter::new(Arc::clone(&clock))),
+            limiter: Arc::new(RateLimiter::new(Arc::clone(&parts.clock))),
             throttle: Arc::new(FailureThrottle::new(
-                Arc::clone(&clock),
-                limits.failed_auth_per_minute,
+                Arc::clone(&parts.clock),
+                parts.limits.failed_auth_per_minute,
             )),
-            store,
-            format,
-            keys,
-            clock,
-            usage,
-            limits,
+            store: parts.store,
+            index: parts.index,
+            format: parts.format,
+            keys: parts.keys,
+            clock: parts.clock,
+            usage: parts.usage,
+            limits: parts.limits,
+            proxies: parts.proxies,
         }
     }
 
@@ -94,61 +149,48 @@ impl Authenticator {
         &self.limits
     }
 
-    /// The caller of `request`, from its bearer token, within its rate
-    /// limits. `namespace` is the namespace the request is about, if it
-    /// names one: a burst of failed authentications is audited there.
-    pub async fn authenticate<T>(
-        &self,
-        request: &Request<T>,
-        namespace: Option<&str>,
-    ) -> Result<Principal, Error> {
-        self.authenticate_verified(request, namespace)
+    /// The in-memory index.
+    pub fn index(&self) -> &Arc<TokenIndex> {
+        &self.index
+    }
+
+    /// The client address of `request` (see [`crate::peer`]).
+    pub fn client_address<T>(&self, request: &Request<T>) -> Option<IpAddr> {
+        self.proxies.client_address(
+            request.remote_addr().map(|addr| addr.ip()),
+            request.metadata(),
+        )
+    }
+
+    /// The audit context of `request`, with its client address.
+    pub fn context<T>(&self, request: &Request<T>) -> RequestContext {
+        RequestContext::of(request, self.client_address(request))
+    }
+
+    /// The caller of `request`, from its bearer token, within its rate limits.
+    pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
+        self.authenticate_verified(request)
             .await
-            .map(|authenticated| principal(&authenticated.record))
+            .map(|authenticated| authenticated.principal())
     }
 
     /// [`Authenticator::authenticate`], with what was verified.
     pub async fn authenticate_verified<T>(
         &self,
         request: &Request<T>,
-        namespace: Option<&str>,
     ) -> Result<Authenticated, Error> {
-        let peer = request.remote_addr().map(|addr| addr.ip());
-        let context = RequestContext::of(request);
+        let client = self.client_address(request);
         let result = match bearer_secret(request.metadata()) {
-            Ok(secret) => self.verify_from(secret, peer, Some(context.clone())).await,
-            Err(failure) => Err(self.failed(Error::Unauthenticated(failure), peer).await),
+            Ok(secret) => self.check(secret, Some(request)).await,
+            Err(failure) => Err(Failure::from(Error::Unauthenticated(failure))),
         };
         let authenticated = match result {
             Ok(authenticated) => authenticated,
-            Err(error) => {
-                if let (Some(peer), Some(namespace)) = (peer, namespace)
-                    && self.throttle.burst_started_now(peer)
-                {
-                    self.audit_burst(&context, namespace, peer).await;
-                }
-                return Err(error);
-            }
+            Err(failure) => return Err(self.failed(failure, client, request).await),
         };
-        self.admit(&authenticated.record)?;
+        self.record_use(&authenticated.view, client);
+        self.admit(&authenticated.view)?;
         Ok(authenticated)
-    }
-
-    async fn audit_burst(&self, context: &RequestContext, namespace: &str, peer: IpAddr) {
-        let mut entry = context.entry(
-            namespace,
-            Action::AuthFailureBurst,
-            Actor::Named("unauthenticated"),
-            format!("namespaces/{namespace}"),
-            self.clock.now(),
-        );
-        entry.details.insert("peer".into(), peer.to_string());
-        entry
-            .details
-            .insert("limit_per_minute".into(), self.throttle.limit().to_string());
-        if let Err(error) = self.store.record_audit(entry).await {
-            warn!(error = %error, "could not audit a failed authentication burst");
-        }
     }
 
     /// The interceptor token a call carries as its own credential, if any:
@@ -157,92 +199,73 @@ impl Authenticator {
     /// interceptor's verifications act for other callers.
     pub async fn interceptor_of<T>(&self, request: &Request<T>) -> Option<Principal> {
         let secret = bearer_secret(request.metadata()).ok()?;
-        let authenticated = self.lookup(secret, None).await.ok()?;
+        let authenticated = self.check(secret, None::<&Request<T>>).await.ok()?;
         authenticated
-            .record
+            .view
             .interceptor
-            .then(|| principal(&authenticated.record))
+            .then(|| authenticated.principal())
     }
 
-    /// The active token that `secret` belongs to; counts as a use by `peer`.
-    /// A throttled peer is refused first; a failure counts against it.
-    pub async fn verify(
+    /// The active token that `secret` belongs to, for a verification on
+    /// behalf of `client` (`request` is the verification call itself);
+    /// counts as a use by `client`, a failure counts against it.
+    pub async fn verify<T>(
         &self,
         secret: Secret,
-        peer: Option<IpAddr>,
+        client: Option<IpAddr>,
+        request: &Request<T>,
     ) -> Result<Authenticated, Error> {
-        self.verify_from(secret, peer, None).await
-    }
-
-    async fn verify_from(
-        &self,
-        secret: Secret,
-        peer: Option<IpAddr>,
-        context: Option<RequestContext>,
-    ) -> Result<Authenticated, Error> {
-        if let Some(peer) = peer
-            && let Some(wait) = self.throttle.blocked(peer)
-        {
-            return Err(Error::ResourceExhausted {
-                subject: format!("peer {peer}"),
-                description: format!(
-                    "too many failed authentications from {peer} (limit {} a minute)",
-                    self.throttle.limit()
-                ),
-                retry_after: Some(wait),
-            });
-        }
-        match self.lookup(secret, context).await {
+        match self.check(secret, Some(request)).await {
             Ok(authenticated) => {
-                let record = &authenticated.record;
-                let ip = peer.map(|ip| ip.to_string());
-                self.usage.record(
-                    record.name.namespace().as_str(),
-                    &record.uid,
-                    self.clock.now(),
-                    ip,
-                );
+                self.record_use(&authenticated.view, client);
                 Ok(authenticated)
             }
-            Err(error) => Err(self.failed(error, peer).await),
+            Err(failure) => Err(self.failed(failure, client, request).await),
         }
     }
 
-    async fn lookup(
+    /// Verifies a secret against the index: format, lookup, state, grace.
+    async fn check<T>(
         &self,
         secret: Secret,
-        context: Option<RequestContext>,
-    ) -> Result<Authenticated, Error> {
+        request: Option<&Request<T>>,
+    ) -> Result<Authenticated, Failure> {
         let well_formed = self.format.parse(secret)?;
         let hash = self.keys.hash_secret(&well_formed);
-        let (record, matched) = self
-            .store
-            .find_by_hash(&hash)
-            .await?
-            .ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
+        let (view, matched) = self
+            .index
+            .lookup_fresh(&hash)
+            .await
+            .ok_or(Failure::from(Error::Unauthenticated(AuthFailure::Invalid)))?;
         let now = self.clock.now();
-        match record.state(now) {
-            TokenState::Revoked => return Err(Error::Unauthenticated(AuthFailure::Revoked)),
-            TokenState::Expired => return Err(Error::Unauthenticated(AuthFailure::Expired)),
+        let refused = |failure| Failure {
+            error: Error::Unauthenticated(failure),
+            known: Some(view.clone()),
+        };
+        match TokenState::at(view.revoke_time, view.expire_time, now) {
+            TokenState::Revoked => return Err(refused(AuthFailure::Revoked)),
+            TokenState::Expired => return Err(refused(AuthFailure::Expired)),
             TokenState::Active => {}
         }
+        let grace_until = view
+            .previous_secret_expire_time
+            .filter(|until| *until > now);
         let secret_expire_time = match matched {
             // A previous secret works only while its grace period lasts.
             SecretMatch::Previous => {
-                let until = record
-                    .grace_until(now)
-                    .ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
-                Some(record.expire_time.map_or(until, |expiry| expiry.min(until)))
+                let until = grace_until.ok_or_else(|| refused(AuthFailure::Invalid))?;
+                Some(view.expire_time.map_or(until, |expiry| expiry.min(until)))
             }
             SecretMatch::Current => {
-                if record.end_grace_on_first_use && record.grace_until(now).is_some() {
-                    self.end_grace(&record, now, context).await?;
+                if view.end_grace_on_first_use && grace_until.is_some() {
+                    let context = request.map(|request| self.context(request));
+                    self.end_grace(&view, now, context).await?;
                 }
-                record.expire_time
+                view.expire_time
             }
         };
         Ok(Authenticated {
-            record,
+            view,
             secret_expire_time,
         })
     }
@@ -250,14 +273,15 @@ impl Authenticator {
     /// The first use of a new secret ends the previous one's grace period.
     async fn end_grace(
         &self,
-        record: &TokenRecord,
+        view: &AuthView,
         now: DateTime<Utc>,
         context: Option<RequestContext>,
     ) -> Result<(), Error> {
+        let record = self.index.record(view).await?;
         let context = context.unwrap_or_else(RequestContext::rule);
-        let principal = principal(record);
+        let principal = principal(view);
         let mut entry = context.entry(
-            record.name.namespace().as_str(),
+            &view.namespace,
             Action::GraceEnd,
             Actor::Token(&principal),
             record.name.to_string(),
@@ -267,38 +291,97 @@ impl Authenticator {
         entry
             .details
             .insert("reason".into(), "first use of the new secret".into());
-        if self.store.end_grace(record, now, entry).await? {
-            self.events.appended();
+        if self.store.end_grace(&record, now, entry).await? {
             info!(token = %record.name, "grace period ended by the first use of the new secret");
         }
         Ok(())
     }
 
-    /// Logs an authentication failure and counts it against the peer; the
-    /// start of a burst is logged once.
-    async fn failed(&self, error: Error, peer: Option<IpAddr>) -> Error {
-        if let Error::Unauthenticated(failure) = &error {
-            info!(reason = failure.reason(), peer = ?peer, "authentication failed");
-            if let Some(peer) = peer
-                && self.throttle.record_failure(peer) == FailureOutcome::BurstStarted
-            {
+    fn record_use(&self, view: &AuthView, client: Option<IpAddr>) {
+        self.usage.record(
+            &view.namespace,
+            &view.uid_string(),
+            self.clock.now(),
+            client.map(|ip| ip.to_string()),
+        );
+    }
+
+    /// Counts a failure against the client; past its budget the caller gets
+    /// `RESOURCE_EXHAUSTED` instead. The start of a burst is logged and
+    /// audited once.
+    async fn failed<T>(
+        &self,
+        failure: Failure,
+        client: Option<IpAddr>,
+        request: &Request<T>,
+    ) -> Error {
+        let Error::Unauthenticated(reason) = &failure.error else {
+            return failure.error;
+        };
+        info!(reason = reason.reason(), client = ?client, "authentication failed");
+        let Some(client) = client else {
+            return failure.error;
+        };
+        let key = throttle_key(client);
+        match self.throttle.record_failure(key) {
+            FailureOutcome::Counted => failure.error,
+            FailureOutcome::BurstStarted => {
                 warn!(
-                    %peer,
+                    %client,
                     limit_per_minute = self.throttle.limit(),
-                    "failed authentication burst: throttling this address"
+                    "failed authentication burst: refusing further failures from this address"
                 );
+                self.audit_burst(request, client, failure.known.as_ref())
+                    .await;
+                failure.error
+            }
+            FailureOutcome::Throttled => {
+                let wait = self.throttle.blocked(key);
+                Error::ResourceExhausted {
+                    subject: format!("address {key}"),
+                    description: format!(
+                        "too many failed authentications from {key} (limit {} a minute)",
+                        self.throttle.limit()
+                    ),
+                    retry_after: wait,
+                }
             }
         }
-        error
+    }
+
+    async fn audit_burst<T>(&self, request: &Request<T>, client: IpAddr, known: Option<&AuthView>) {
+        let context = self.context(request).without_caller_request_id();
+        let (namespace, resource) = match known {
+            Some(view) => (view.namespace.to_string(), view.name().to_string()),
+            None => (DEPLOYMENT_AUDIT.to_owned(), "deployment".to_owned()),
+        };
+        let mut entry = context.entry(
+            &namespace,
+            Action::AuthFailureBurst,
+            Actor::Named("unauthenticated"),
+            resource,
+            self.clock.now(),
+        );
+        entry.resource_uid = known.map(AuthView::uid_string);
+        entry
+            .details
+            .insert("address".into(), throttle_key(client).to_string());
+        entry
+            .details
+            .insert("limit_per_minute".into(), self.throttle.limit().to_string());
+        if let Err(error) = self.store.record_audit(entry).await {
+            warn!(error = %error, "could not audit a failed authentication burst");
+        }
     }
 
     /// Applies the token's and its namespace's rate limits; the decision is
     /// kept for the reply's headers.
-    fn admit(&self, record: &TokenRecord) -> Result<(), Error> {
-        let namespace = record.name.namespace().as_str();
+    fn admit(&self, view: &AuthView) -> Result<(), Error> {
+        let namespace = &*view.namespace;
+        let uid = view.uid_string();
         let decision = self.limiter.check(
-            &record.uid,
-            self.limits.token_limit(record),
+            &uid,
+            self.limits.limit_for(view.role, view.rate_limit),
             namespace,
             self.limits.namespace_limit(namespace),
         );
@@ -307,7 +390,7 @@ impl Authenticator {
             return Ok(());
         }
         let subject = match decision.scope {
-            Scope::Token => record.name.to_string(),
+            Scope::Token => view.name().to_string(),
             Scope::Namespace => format!("namespaces/{namespace}"),
         };
         info!(%subject, limit = decision.limit, "rate limited");
@@ -322,13 +405,13 @@ impl Authenticator {
     }
 }
 
-/// The principal a token record stands for.
-pub fn principal(record: &TokenRecord) -> Principal {
+/// The principal a token stands for.
+pub fn principal(view: &AuthView) -> Principal {
     Principal {
-        name: record.name.clone(),
-        uid: record.uid.clone(),
-        role: record.role,
-        expire_time: record.expire_time,
-        interceptor: record.interceptor,
+        name: view.name(),
+        uid: view.uid_string(),
+        role: view.role,
+        expire_time: view.expire_time,
+        interceptor: view.interceptor,
     }
 }

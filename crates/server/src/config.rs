@@ -77,6 +77,15 @@ pub struct ServeArgs {
     /// `http://otel-collector:4317`); off unless set.
     #[arg(long, env = "APITOKEN_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Proxies (CIDR blocks, comma-separated, at most 64) whose
+    /// `x-forwarded-for` names the client's address; empty: none, the
+    /// transport peer is the client.
+    #[arg(long, env = "APITOKEN_TRUSTED_PROXIES", default_value = "", value_parser = crate::peer::TrustedProxies::parse)]
+    pub trusted_proxies: crate::peer::TrustedProxies,
+    /// Most full token records kept in memory for replies (verification
+    /// facts of every token are always in memory).
+    #[arg(long, env = "APITOKEN_RECORD_CACHE_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub record_cache_size: u64,
     /// How often usage figures are written (e.g. `500ms`, `2s`).
     #[arg(long, env = "APITOKEN_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub usage_flush_interval: Duration,

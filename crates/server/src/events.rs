@@ -1,14 +1,16 @@
 //! The token event stream (`WatchApiTokenEvents`) and the expiry sweeper.
 //!
 //! Events are rows of `api_token_events`, appended in the same transaction
-//! as the change they describe. A watcher gets the events after its cursor,
-//! then new ones as they commit: it is woken at once by changes made through
-//! this process and polls the database (every `poll_interval`) for changes
-//! made through other replicas. With nothing to send, a heartbeat carrying
+//! as the change they describe. The index's follower reads the log once for
+//! the whole process ([`crate::index`]) and keeps the recent events in
+//! memory; a stream sends the events after its cursor from there (from the
+//! database only when its cursor is older than what memory holds), and is
+//! woken each time the follower advances. So an up-to-date stream costs no
+//! query, however many are open. With nothing to send, a heartbeat carrying
 //! the cursor goes out every `heartbeat_interval`, so the watcher can tell a
 //! quiet stream from a dead one. The stream ends with `UNAVAILABLE` when the
 //! server shuts down, and with `UNAUTHENTICATED` when the watcher's own token
-//! stops being valid.
+//! stops being valid. Streams are capped per token and per process.
 
 use std::{
     collections::HashMap,
@@ -18,9 +20,11 @@ use std::{
 };
 
 use apitoken_domain::{AuthFailure, Error, TokenState, clock::SharedClock, name::TokenName};
+
+use crate::index::TokenIndex;
 use apitoken_proto::v1::{ApiTokenEvent, WatchApiTokenEventsResponse};
 use apitoken_store::{EventRecord, TokenStore};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::Status;
 use tracing::{info, warn};
@@ -28,7 +32,7 @@ use tracing::{info, warn};
 use crate::convert::timestamp;
 
 /// Most events in one stream message.
-const BATCH: u64 = 500;
+const BATCH: usize = 500;
 
 /// The stream type of `WatchApiTokenEvents`.
 pub type EventStream =
@@ -66,8 +70,8 @@ impl Default for EventTiming {
 #[derive(Debug)]
 pub struct EventHub {
     store: TokenStore,
+    index: Arc<TokenIndex>,
     clock: SharedClock,
-    appended: Notify,
     stopping: watch::Receiver<bool>,
     timing: EventTiming,
     /// Open streams per watcher uid (entries leave at zero).
@@ -97,14 +101,15 @@ impl EventHub {
     /// A hub over `store`; streams end when `stopping` turns true.
     pub fn new(
         store: TokenStore,
+        index: Arc<TokenIndex>,
         clock: SharedClock,
         stopping: watch::Receiver<bool>,
         timing: EventTiming,
     ) -> Self {
         Self {
             store,
+            index,
             clock,
-            appended: Notify::new(),
             stopping,
             timing,
             open: Arc::default(),
@@ -152,9 +157,10 @@ impl EventHub {
             .sum()
     }
 
-    /// Wakes the watchers of this process: an event was appended.
+    /// An event was appended in this process: have the follower read it
+    /// now (it then wakes the streams).
     pub fn appended(&self) {
-        self.appended.notify_waiters();
+        self.index.nudge();
     }
 
     /// Where a new stream starts: after `after_sequence`, or at the end of
@@ -187,14 +193,14 @@ impl EventHub {
         self: &Arc<Self>,
         namespace: String,
         cursor: i64,
-        watcher: TokenName,
+        watcher: u128,
         slot: StreamSlot,
     ) -> EventStream {
         let (sender, receiver) = mpsc::channel(16);
         let hub = Arc::clone(self);
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(status) = hub.deliver(&namespace, cursor, &watcher, &sender).await {
+            if let Err(status) = hub.deliver(&namespace, cursor, watcher, &sender).await {
                 let _ = sender.send(Err(status)).await;
             }
         });
@@ -205,10 +211,11 @@ impl EventHub {
         &self,
         namespace: &str,
         mut cursor: i64,
-        watcher: &TokenName,
+        watcher: u128,
         sender: &mpsc::Sender<Result<WatchApiTokenEventsResponse, Status>>,
     ) -> Result<(), Status> {
         let mut stopping = self.stopping.clone();
+        let mut advanced = self.index.subscribe();
         let send = |response| async move { sender.send(Ok(response)).await.is_ok() };
         if !send(heartbeat(cursor)).await {
             return Ok(());
@@ -220,7 +227,19 @@ impl EventHub {
                     "server shutting down: reconnect with after_sequence",
                 ));
             }
-            let events = self.store.events_after(namespace, cursor, BATCH).await?;
+            advanced.borrow_and_update();
+            let (events, through) = match self.index.recent_events(namespace, cursor, BATCH) {
+                Some(recent) => (recent.events, recent.through),
+                None => {
+                    // Older than what memory holds: read the log.
+                    let events = self
+                        .store
+                        .events_after(namespace, cursor, BATCH as u64)
+                        .await?;
+                    let through = events.last().map_or(cursor, |event| event.sequence);
+                    (events, through)
+                }
+            };
             if let Some(last) = events.last() {
                 cursor = last.sequence;
                 let response = WatchApiTokenEventsResponse {
@@ -233,16 +252,19 @@ impl EventHub {
                 last_sent = tokio::time::Instant::now();
                 continue;
             }
+            // Nothing of this namespace up to `through`: resume from there.
+            cursor = cursor.max(through);
             if last_sent.elapsed() >= self.timing.heartbeat_interval {
-                self.check_watcher(watcher).await?;
+                self.check_watcher(watcher)?;
                 if !send(heartbeat(cursor)).await {
                     return Ok(());
                 }
                 last_sent = tokio::time::Instant::now();
             }
+            let next_heartbeat = last_sent + self.timing.heartbeat_interval;
             tokio::select! {
-                () = self.appended.notified() => {}
-                () = tokio::time::sleep(self.timing.poll_interval) => {}
+                _ = advanced.changed() => {}
+                () = tokio::time::sleep_until(next_heartbeat) => {}
                 _ = stopping.changed() => {}
                 () = sender.closed() => return Ok(()),
             }
@@ -250,13 +272,12 @@ impl EventHub {
     }
 
     /// Ends the stream when the watcher's own token is no longer valid.
-    async fn check_watcher(&self, watcher: &TokenName) -> Result<(), Status> {
-        let record = self
-            .store
-            .get(watcher)
-            .await
-            .map_err(|_| Error::Unauthenticated(AuthFailure::Invalid))?;
-        match record.state(self.clock.now()) {
+    fn check_watcher(&self, watcher: u128) -> Result<(), Status> {
+        let view = self
+            .index
+            .by_uid(watcher)
+            .ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
+        match TokenState::at(view.revoke_time, view.expire_time, self.clock.now()) {
             TokenState::Active => Ok(()),
             TokenState::Expired => Err(Error::Unauthenticated(AuthFailure::Expired).into()),
             TokenState::Revoked => Err(Error::Unauthenticated(AuthFailure::Revoked).into()),
@@ -276,7 +297,7 @@ impl EventHub {
                     _ = ticker.tick() => {}
                     _ = stopping.changed() => return,
                 }
-                match hub.store.sweep_expired(hub.clock.now(), BATCH).await {
+                match hub.store.sweep_expired(hub.clock.now(), BATCH as u64).await {
                     Ok(expired) if !expired.is_empty() => {
                         for record in &expired {
                             info!(token = %record.name, "token expired");

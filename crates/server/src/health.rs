@@ -5,6 +5,7 @@
 //! - **schema**: every migration this binary expects is applied (a server
 //!   started with `--no-migrate` on an empty or older database is
 //!   NOT_SERVING until `apitoken-server migrate` runs);
+//! - **index**: every token is loaded into memory (see [`crate::index`]);
 //! - **shutdown**: from the moment shutdown begins, NOT_SERVING for good.
 //!
 //! Each change of a check is logged once with its detail; the overall and
@@ -14,6 +15,8 @@ use std::{sync::Arc, time::Duration};
 
 use apitoken_proto::SERVICE_NAME;
 use apitoken_store::TokenStore;
+
+use crate::index::TokenIndex;
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
@@ -43,6 +46,7 @@ impl HealthReport {
 #[derive(Clone)]
 pub struct HealthChecks {
     store: TokenStore,
+    index: Option<Arc<TokenIndex>>,
     extra: Vec<(&'static str, ExtraCheck)>,
 }
 
@@ -62,8 +66,15 @@ impl HealthChecks {
     pub fn new(store: TokenStore) -> Self {
         Self {
             store,
+            index: None,
             extra: Vec::new(),
         }
+    }
+
+    /// Adds the check that the in-memory index is loaded.
+    pub fn with_index(mut self, index: Arc<TokenIndex>) -> Self {
+        self.index = Some(index);
+        self
     }
 
     /// Adds a named check.
@@ -92,6 +103,14 @@ impl HealthChecks {
             },
         };
         let mut checks = vec![("database", database), ("schema", schema)];
+        if let Some(index) = &self.index {
+            let loaded = if index.is_loaded() {
+                Ok(())
+            } else {
+                Err("the token index is not loaded yet".to_owned())
+            };
+            checks.push(("index", loaded));
+        }
         for (name, check) in &self.extra {
             checks.push((name, check().await));
         }

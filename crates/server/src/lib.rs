@@ -10,7 +10,10 @@
 //! - [`usage`]: batched `last_use_time` / `use_count` writes.
 //! - [`events`]: the token event stream and the expiry sweeper.
 //! - [`health`]: the health checks (database, schema, shutdown).
+//! - [`index`]: verification served from memory, kept exact by the event
+//!   log (and `LISTEN/NOTIFY` on PostgreSQL).
 //! - [`metrics`]: per-method request counts.
+//! - [`peer`]: where a call comes from (trusted proxies, `x-forwarded-for`).
 //! - [`audit`]: audit entries of requests.
 //! - [`policy`]: expiry policy, grace, warnings, inactivity and retention.
 //! - [`lifecycle`]: the sweeper applying that policy over time.
@@ -28,9 +31,11 @@ pub mod config;
 pub mod convert;
 pub mod events;
 pub mod health;
+pub mod index;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod peer;
 pub mod policy;
 pub mod service;
 pub mod telemetry;

@@ -126,6 +126,7 @@ impl Lifecycle {
         let purged = self
             .store
             .purge(
+                now,
                 now - chrono_duration(self.policy.token_retention),
                 now - chrono_duration(self.policy.audit_retention),
                 BATCH,

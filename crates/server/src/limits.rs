@@ -55,9 +55,12 @@ impl Limits {
 
     /// The limit in force for a token.
     pub fn token_limit(&self, record: &TokenRecord) -> u32 {
-        record
-            .rate_limit
-            .unwrap_or_else(|| self.role_limit(record.role))
+        self.limit_for(record.role, record.rate_limit)
+    }
+
+    /// The limit in force for a token of `role` with its own `rate_limit`.
+    pub fn limit_for(&self, role: Role, rate_limit: Option<u32>) -> u32 {
+        rate_limit.unwrap_or_else(|| self.role_limit(role))
     }
 
     /// The aggregate limit of `namespace`.

@@ -9,6 +9,7 @@ use apitoken_server::{
     bootstrap::{BootstrapRequest, bootstrap_token},
     config::{Cli, Command, DatabaseArgs, ServeArgs},
     events::EventTiming,
+    index::IndexOptions,
     limits::Limits,
     policy::{ExpiryPolicy, Policy},
     telemetry,
@@ -89,6 +90,11 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             token_quota: args.token_quota,
             token_quotas: args.token_quotas.0,
             failed_auth_per_minute: args.failed_auth_limit,
+        },
+        trusted_proxies: args.trusted_proxies,
+        index: IndexOptions {
+            record_cache_capacity: usize::try_from(args.record_cache_size).unwrap_or(usize::MAX),
+            ..IndexOptions::default()
         },
         events: EventTiming {
             poll_interval: args.event_poll_interval,

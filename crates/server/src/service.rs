@@ -140,7 +140,7 @@ impl ApiTokenService {
         &self,
         request: Request<v1::CreateApiTokenRequest>,
     ) -> Result<v1::CreateApiTokenResponse, Error> {
-        let context = RequestContext::of(&request);
+        let context = self.auth.context(&request);
         let (caller, namespace) = self
             .authorize_on_parent(&request, &request.get_ref().parent, Role::Owner)
             .await?;
@@ -334,10 +334,7 @@ impl ApiTokenService {
         parent: &str,
         min_role: Role,
     ) -> Result<(Principal, Namespace), Error> {
-        let caller = self
-            .auth
-            .authenticate(request, namespace_hint(parent))
-            .await?;
+        let caller = self.auth.authenticate(request).await?;
         let namespace = Namespace::parse_parent("parent", parent)?;
         caller.authorize(namespace.as_str(), min_role)?;
         Ok((caller, namespace))
@@ -352,10 +349,7 @@ impl ApiTokenService {
         name: &str,
         min_role: Role,
     ) -> Result<(Principal, TokenName), Error> {
-        let caller = self
-            .auth
-            .authenticate(request, namespace_hint(name))
-            .await?;
+        let caller = self.auth.authenticate(request).await?;
         let name = TokenName::parse(field, name)?;
         caller.authorize(name.namespace().as_str(), min_role)?;
         Ok((caller, name))
@@ -365,7 +359,13 @@ impl ApiTokenService {
         let (_, name) = self
             .authorize_on_name(&request, "name", &request.get_ref().name, Role::Viewer)
             .await?;
-        let record = self.store.get(&name).await?;
+        // From memory when the index holds it (the usual case); a token
+        // created on another replica a moment ago may not be there yet.
+        let index = self.auth.index();
+        let record = match index.by_name(name.namespace().as_str(), name.token_id()) {
+            Some(view) => index.record(&view).await?,
+            None => Arc::new(self.store.get(&name).await?),
+        };
         Ok(self.present(&record, self.clock.now()))
     }
 
@@ -424,7 +424,7 @@ impl ApiTokenService {
         &self,
         request: Request<v1::UpdateApiTokenRequest>,
     ) -> Result<v1::ApiToken, Error> {
-        let context = RequestContext::of(&request);
+        let context = self.auth.context(&request);
         let token = required("api_token", request.get_ref().api_token.as_ref())?.clone();
         let (caller, name) = self
             .authorize_on_name(&request, "api_token.name", &token.name, Role::Owner)
@@ -463,7 +463,7 @@ impl ApiTokenService {
         &self,
         request: Request<v1::RegenerateApiTokenRequest>,
     ) -> Result<v1::RegenerateApiTokenResponse, Error> {
-        let context = RequestContext::of(&request);
+        let context = self.auth.context(&request);
         let (caller, name) = self
             .authorize_on_name(&request, "name", &request.get_ref().name, Role::Owner)
             .await?;
@@ -551,11 +551,8 @@ impl ApiTokenService {
         &self,
         request: Request<v1::RevokeApiTokenRequest>,
     ) -> Result<v1::ApiToken, Error> {
-        let context = RequestContext::of(&request);
-        let caller = self
-            .auth
-            .authenticate(&request, namespace_hint(&request.get_ref().name))
-            .await?;
+        let context = self.auth.context(&request);
+        let caller = self.auth.authenticate(&request).await?;
         let name = TokenName::parse("name", &request.get_ref().name)?;
         // Any token may revoke itself: the first thing to do with a leak.
         let itself = caller.name == name;
@@ -586,12 +583,12 @@ impl ApiTokenService {
         &self,
         request: Request<v1::VerifyApiTokenRequest>,
     ) -> Result<v1::VerifyApiTokenResponse, Error> {
-        let record = if request.get_ref().secret.is_empty() {
-            self.auth.authenticate_verified(&request, None).await?
+        let verified = if request.get_ref().secret.is_empty() {
+            self.auth.authenticate_verified(&request).await?
         } else {
             // An interceptor names the address of the call it authenticates;
             // anyone else is taken to be calling from where they call.
-            let peer = request.remote_addr().map(|addr| addr.ip());
+            let peer = self.auth.client_address(&request);
             let named = if request.get_ref().caller_address.is_empty() {
                 None
             } else {
@@ -606,12 +603,11 @@ impl ApiTokenService {
                 }
                 _ => peer,
             };
-            let request = request.into_inner();
-            self.auth
-                .verify(Secret::new(request.secret), caller)
-                .await?
+            let secret = Secret::new(request.get_ref().secret.clone());
+            self.auth.verify(secret, caller, &request).await?
         };
-        let (record, secret_expire_time) = (record.record, record.secret_expire_time);
+        let record = self.auth.index().record(&verified.view).await?;
+        let secret_expire_time = verified.secret_expire_time;
         Ok(v1::VerifyApiTokenResponse {
             secret_expire_time: secret_expire_time.map(crate::convert::timestamp),
             api_token: Some(self.present(&record, self.clock.now())),
@@ -637,19 +633,17 @@ impl ApiTokenService {
         let slot = self.events.reserve(&caller.uid, &caller.name)?;
         let cursor = self.events.start(request.after_sequence).await?;
         info!(namespace = %namespace, cursor, watcher = %caller.name, "event stream opened");
+        let watcher = crate::index::parse_uid(&caller.uid).ok_or(Error::Internal)?;
         Ok(self
             .events
-            .stream(namespace.as_str().to_owned(), cursor, caller.name, slot))
+            .stream(namespace.as_str().to_owned(), cursor, watcher, slot))
     }
 
     async fn report_usage(
         &self,
         request: Request<v1::ReportApiTokenUsageRequest>,
     ) -> Result<v1::ReportApiTokenUsageResponse, Error> {
-        let caller = self
-            .auth
-            .authenticate(&request, namespace_hint(&request.get_ref().parent))
-            .await?;
+        let caller = self.auth.authenticate(&request).await?;
         let namespace = Namespace::parse_parent("parent", &request.get_ref().parent)?;
         caller.authorize_interceptor(namespace.as_str())?;
         let request = request.into_inner();
@@ -783,12 +777,6 @@ fn next_page<T>(
     }
     records.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
     records.last().map(token_after).unwrap_or_default()
-}
-
-/// The namespace a request names in `namespaces/{namespace}/...`, if valid.
-fn namespace_hint(name: &str) -> Option<&str> {
-    let namespace = name.strip_prefix("namespaces/")?.split('/').next()?;
-    check_id("parent", namespace).is_ok().then_some(namespace)
 }
 
 /// The fields an update touches: the mask's paths (`*` for all), or, with

@@ -23,4 +23,7 @@ pub use record::{
     AuditEntry, AuditRecord, EventRecord, Grace, ListQuery, NewToken, SecretMatch, TokenChanges,
     TokenRecord, UsageReport,
 };
-pub use store::{StoreOptions, TokenStore};
+pub use store::{
+    Change, ChangeObserver, EVENT_CHANNEL, StoreOptions, TokenStore, auth_rows::AuthRow,
+    events::EventListener,
+};

@@ -6,12 +6,13 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
     sea_query::Expr,
 };
-use tracing::error;
+use tracing::{error, warn};
 
-use super::{TokenStore, db_error, tokens::to_record};
+use super::{EVENT_CHANNEL, EVENT_LOCK_KEY, TokenStore, db_error, tokens::to_record};
 use crate::{
     entity::{Column, Entity},
     event_entity,
@@ -19,7 +20,55 @@ use crate::{
     watermark_entity,
 };
 
+/// Wakes on every event append announced by any replica (PostgreSQL
+/// `LISTEN` on [`EVENT_CHANNEL`]).
+pub struct EventListener(sqlx::postgres::PgListener);
+
+impl std::fmt::Debug for EventListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventListener")
+    }
+}
+
+impl EventListener {
+    /// Waits for the next announcement. An error means the connection was
+    /// lost (announcements in between are lost too: catch up by reading the
+    /// log, then listen again).
+    pub async fn next(&mut self) -> Result<(), Error> {
+        match self.0.try_recv().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Error::Unavailable(
+                "the database connection that listened for events was lost".to_owned(),
+            )),
+            Err(error) => {
+                warn!(error = %error, "listening for events failed");
+                Err(Error::Unavailable("listening for events failed".to_owned()))
+            }
+        }
+    }
+}
+
 impl TokenStore {
+    /// A listener for event appends on PostgreSQL; `None` on SQLite, where
+    /// one process writes and polls suffice.
+    pub async fn event_listener(&self) -> Result<Option<EventListener>, Error> {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(None);
+        }
+        let pool = self.db.get_postgres_connection_pool();
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+            .await
+            .map_err(|error| {
+                warn!(error = %error, "cannot listen for events");
+                Error::Unavailable("cannot listen for events".to_owned())
+            })?;
+        listener.listen(EVENT_CHANNEL).await.map_err(|error| {
+            warn!(error = %error, "cannot listen for events");
+            Error::Unavailable("cannot listen for events".to_owned())
+        })?;
+        Ok(Some(EventListener(listener)))
+    }
+
     /// Appends an `Expired` event, exactly once, for every token that reached
     /// its expiry; returns them. Safe with several replicas sweeping.
     pub async fn sweep_expired(
@@ -58,6 +107,21 @@ impl TokenStore {
         Ok(expired)
     }
 
+    /// Events of every namespace after `sequence`, oldest first: what the
+    /// in-memory index follows.
+    pub async fn events_since(&self, sequence: i64, limit: u64) -> Result<Vec<EventRecord>, Error> {
+        event_entity::Entity::find()
+            .filter(event_entity::Column::Id.gt(sequence))
+            .order_by_asc(event_entity::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(event_record)
+            .collect()
+    }
+
     /// Events of `namespace` after `sequence`, oldest first.
     pub async fn events_after(
         &self,
@@ -74,19 +138,7 @@ impl TokenStore {
             .await
             .map_err(db_error)?
             .into_iter()
-            .map(|model| {
-                let kind = EventKind::from_i16(model.kind).ok_or_else(|| {
-                    error!(sequence = model.id, "corrupt api_token_events row");
-                    Error::Internal
-                })?;
-                Ok(EventRecord {
-                    sequence: model.id,
-                    kind,
-                    name: TokenName::from_stored(&model.namespace, &model.token_id),
-                    uid: model.uid,
-                    event_time: model.event_time,
-                })
-            })
+            .map(event_record)
             .collect()
     }
 
@@ -144,12 +196,37 @@ impl TokenStore {
     }
 }
 
+fn event_record(model: event_entity::Model) -> Result<EventRecord, Error> {
+    let kind = EventKind::from_i16(model.kind).ok_or_else(|| {
+        error!(sequence = model.id, "corrupt api_token_events row");
+        Error::Internal
+    })?;
+    Ok(EventRecord {
+        sequence: model.id,
+        kind,
+        name: TokenName::from_stored(&model.namespace, &model.token_id),
+        uid: model.uid,
+        event_time: model.event_time,
+    })
+}
+
+/// Appends an event in `txn`. On PostgreSQL it first takes the transaction
+/// lock that orders sequences (re-entrant: callers that change a row under
+/// it already hold it) and announces the append on [`EVENT_CHANNEL`]
+/// (delivered at commit).
 pub(super) async fn append_event(
     txn: &DatabaseTransaction,
     record: &TokenRecord,
     kind: EventKind,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!(
+            "SELECT pg_advisory_xact_lock({EVENT_LOCK_KEY}); NOTIFY {EVENT_CHANNEL}"
+        ))
+        .await
+        .map_err(db_error)?;
+    }
     event_entity::ActiveModel {
         id: NotSet,
         namespace: Set(record.name.namespace().as_str().to_owned()),

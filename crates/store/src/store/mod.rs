@@ -7,13 +7,16 @@
 //! (what the in-memory verification index loads).
 
 mod audit;
-mod auth_rows;
-mod events;
+pub mod auth_rows;
+pub mod events;
 mod retention;
 mod tokens;
 mod usage;
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use apitoken_domain::Error;
 use apitoken_migration::{Migrator, MigratorTrait};
@@ -22,6 +25,8 @@ use sea_orm::{
     DbErr, TransactionTrait,
 };
 use tracing::{error, warn};
+
+use crate::record::TokenRecord;
 
 /// Key of the PostgreSQL transaction lock that orders event sequences.
 pub(super) const EVENT_LOCK_KEY: i64 = 0x6170_6974_6f6b;
@@ -48,7 +53,39 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     db: DatabaseConnection,
+    /// Told of every token this process changes, after the commit and
+    /// before the write returns (see [`TokenStore::observe`]).
+    observer: Arc<OnceLock<Arc<dyn ChangeObserver>>>,
 }
+
+/// A token this process changed, as it is once the change committed.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Created or changed: the row as committed.
+    Upserted(Box<TokenRecord>),
+    /// Purged: gone for good.
+    Removed {
+        /// The token's uid.
+        uid: String,
+    },
+    /// Usage figures were added (nothing verification reads changed).
+    Used {
+        /// The tokens' uids.
+        uids: Vec<String>,
+    },
+}
+
+/// Hears of every change this process commits, before the write returns:
+/// the in-memory verification index applies it, so the next call on this
+/// replica sees it with no window.
+pub trait ChangeObserver: Send + Sync + std::fmt::Debug {
+    /// A change committed.
+    fn changed(&self, change: Change);
+}
+
+/// The PostgreSQL channel on which every event append is announced (at
+/// commit), so other replicas catch up at once instead of at their next poll.
+pub const EVENT_CHANNEL: &str = "apitoken_events";
 
 /// Maps a database error: connection trouble is `UNAVAILABLE` (retry), the
 /// rest `INTERNAL`; the detail is logged here and never sent to a client.
@@ -111,7 +148,10 @@ impl TokenStore {
                 .await
                 .map_err(db_error)?;
         }
-        Ok(TokenStore { db })
+        Ok(TokenStore {
+            db,
+            observer: Arc::default(),
+        })
     }
 
     /// Applies pending migrations.
@@ -157,6 +197,24 @@ impl TokenStore {
             .into_iter()
             .filter(|name| !applied.contains(name))
             .collect())
+    }
+
+    /// Installs the observer of this process's changes (once; later calls
+    /// are ignored).
+    pub fn observe(&self, observer: Arc<dyn ChangeObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer about a committed change.
+    pub(crate) fn changed(&self, change: Change) {
+        if let Some(observer) = self.observer.get() {
+            observer.changed(change);
+        }
+    }
+
+    /// Whether this is PostgreSQL (several replicas may share it).
+    pub fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
     }
 
     /// The underlying connection (for tests and tooling).

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::{
-    TokenStore,
+    Change, TokenStore,
     audit::append_audit,
     db_error,
     events::append_event,
@@ -94,10 +94,12 @@ impl TokenStore {
     }
 
     /// Deletes tokens revoked or expired before `cutoff` (freeing their ids),
-    /// each with a `Purge` audit entry in the same transaction; then audit
+    /// each with a `Purged` event and a `Purge` audit entry in the same
+    /// transaction; then audit
     /// events older than `audit_cutoff` whose token no longer exists.
     pub async fn purge(
         &self,
+        now: DateTime<Utc>,
         cutoff: DateTime<Utc>,
         audit_cutoff: DateTime<Utc>,
         limit: u64,
@@ -128,8 +130,12 @@ impl TokenStore {
                 .await
                 .map_err(db_error)?;
             if deleted.rows_affected == 1 {
+                append_event(&txn, &record, EventKind::Purged, now).await?;
                 append_audit(&txn, audit(&record)).await?;
                 txn.commit().await.map_err(db_error)?;
+                self.changed(Change::Removed {
+                    uid: record.uid.clone(),
+                });
                 purged.push(record);
             }
         }

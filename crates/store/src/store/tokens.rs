@@ -15,7 +15,9 @@ use sea_orm::{
 };
 use tracing::error;
 
-use super::{EVENT_LOCK_KEY, TokenStore, audit::append_audit, db_error, events::append_event};
+use super::{
+    Change, EVENT_LOCK_KEY, TokenStore, audit::append_audit, db_error, events::append_event,
+};
 use crate::{
     entity::{self, Column, Entity},
     record::{AuditEntry, Grace, ListQuery, NewToken, SecretMatch, TokenChanges, TokenRecord},
@@ -107,6 +109,7 @@ impl TokenStore {
             }
         }
         let record = to_record(model)?;
+        append_event(&txn, &record, EventKind::Created, now).await?;
         append_audit(
             &txn,
             AuditEntry {
@@ -116,6 +119,7 @@ impl TokenStore {
         )
         .await?;
         txn.commit().await.map_err(db_error)?;
+        self.changed(Change::Upserted(Box::new(record.clone())));
         Ok(record)
     }
 
@@ -258,7 +262,9 @@ impl TokenStore {
                 )
                 .await?;
                 txn.commit().await.map_err(db_error)?;
-                return find_by_name(&self.db, name).await;
+                let record = find_by_name(&self.db, name).await?;
+                self.changed(Change::Upserted(Box::new(record.clone())));
+                return Ok(record);
             }
         }
         Err(Error::Aborted(format!(
@@ -327,6 +333,7 @@ impl TokenStore {
         )
         .await?;
         txn.commit().await.map_err(db_error)?;
+        self.changed(Change::Upserted(Box::new(record.clone())));
         Ok(record)
     }
 
@@ -372,6 +379,9 @@ impl TokenStore {
             .await?;
         }
         txn.commit().await.map_err(db_error)?;
+        if result.rows_affected == 1 {
+            self.changed(Change::Upserted(Box::new(record.clone())));
+        }
         Ok(record)
     }
 
@@ -394,6 +404,7 @@ impl TokenStore {
                 Column::PreviousSecretExpireTime,
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
             .filter(Column::Id.eq(record.id))
             .filter(Column::PreviousSecretHash.is_not_null())
             .exec(&txn)
@@ -404,7 +415,9 @@ impl TokenStore {
         }
         append_event(&txn, record, EventKind::GraceEnded, now).await?;
         append_audit(&txn, audit).await?;
+        let ended = find_by_name(&txn, &record.name).await?;
         txn.commit().await.map_err(db_error)?;
+        self.changed(Change::Upserted(Box::new(ended)));
         Ok(true)
     }
 }

@@ -6,7 +6,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 
-use super::{TokenStore, db_error};
+use super::{Change, TokenStore, db_error};
 use crate::{
     entity::{Column, Entity},
     record::UsageReport,
@@ -70,6 +70,9 @@ impl TokenStore {
                 .map_err(db_error)?;
         }
         txn.commit().await.map_err(db_error)?;
+        self.changed(Change::Used {
+            uids: reports.iter().map(|report| report.uid.clone()).collect(),
+        });
         Ok(matched)
     }
 }

@@ -1,0 +1,375 @@
+//! Several replicas on one PostgreSQL database act as one: every change made
+//! through one replica (create, revoke, regenerate, grace end, role
+//! lowering, purge, the inactivity rule) takes effect on another within
+//! 100 ms, with verification served from each replica's memory; a replica
+//! started later (cold start) knows everything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use apitoken_domain::Role;
+use apitoken_server::policy::Policy;
+use apitoken_tests::{
+    NAMESPACE, Options, Replica, TestServer, authed, postgres_tests, reason,
+    v1::{
+        ApiToken, GetApiTokenRequest, RegenerateApiTokenRequest, RevokeApiTokenRequest,
+        UpdateApiTokenRequest, VerifyApiTokenRequest, WatchApiTokenEventsRequest,
+        api_token_event::Kind,
+    },
+};
+use tonic::Code;
+
+postgres_tests!(
+    a_revocation_reaches_the_other_replica_within_100ms,
+    a_creation_reaches_the_other_replica,
+    regeneration_and_grace_end_reach_the_other_replica,
+    role_lowering_reaches_the_other_replica,
+    purge_and_reuse_reach_the_other_replica,
+    a_replica_started_later_knows_everything,
+    event_streams_of_one_replica_carry_the_others_changes,
+);
+
+/// The bound the product promises for a change made through another replica.
+const PROPAGATION: Duration = Duration::from_millis(100);
+
+fn name(id: &str) -> String {
+    format!("namespaces/{NAMESPACE}/apitokens/{id}")
+}
+
+/// Verifies `secret` through `replica` without credentials (on one
+/// connection per replica, kept).
+async fn verify(replica: &Replica, secret: &str) -> Result<ApiToken, tonic::Status> {
+    replica
+        .shared_client()
+        .await
+        .verify_api_token(VerifyApiTokenRequest {
+            secret: secret.to_owned(),
+            caller_address: String::new(),
+        })
+        .await
+        .map(|reply| reply.into_inner().api_token.expect("token"))
+}
+
+/// Polls every 2 ms until `check` holds; returns how long it took; fails
+/// past `limit`.
+async fn within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn a_revocation_reaches_the_other_replica_within_100ms(server: TestServer) {
+    let other = server.replica().await;
+    let mut slowest = Duration::ZERO;
+    for round in 0..5 {
+        let id = format!("revoked-{round}");
+        let (_, secret) = server.create(&id, Role::Viewer).await;
+        within(
+            PROPAGATION,
+            "created token known on the other replica",
+            async || verify(&other, &secret).await.is_ok(),
+        )
+        .await;
+        server
+            .client()
+            .await
+            .revoke_api_token(authed(
+                &server.owner,
+                RevokeApiTokenRequest { name: name(&id) },
+            ))
+            .await
+            .expect("revoke");
+        let took = within(
+            PROPAGATION,
+            "revocation refused by the other replica",
+            async || {
+                verify(&other, &secret)
+                    .await
+                    .is_err_and(|status| reason(&status) == "TOKEN_REVOKED")
+            },
+        )
+        .await;
+        slowest = slowest.max(took);
+    }
+    eprintln!(
+        "revocation through replica A refused by replica B within {slowest:?} (slowest of 5)"
+    );
+    other.stop().await;
+}
+
+async fn a_creation_reaches_the_other_replica(server: TestServer) {
+    let other = server.replica().await;
+    let (_, secret) = server.create("fresh", Role::Editor).await;
+    within(
+        PROPAGATION,
+        "a new token works on the other replica",
+        async || verify(&other, &secret).await.is_ok(),
+    )
+    .await;
+    // And it authenticates calls there (Get is served from memory).
+    let token = other
+        .client()
+        .await
+        .get_api_token(authed(
+            &secret,
+            GetApiTokenRequest {
+                name: name("fresh"),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(token.display_name, "token fresh");
+    other.stop().await;
+}
+
+async fn regeneration_and_grace_end_reach_the_other_replica(server: TestServer) {
+    let other = server.replica().await;
+    let (_, old) = server.create("rotated", Role::Viewer).await;
+    // Without grace: the old secret dies everywhere at once.
+    let new = server
+        .client()
+        .await
+        .regenerate_api_token(authed(
+            &server.owner,
+            RegenerateApiTokenRequest {
+                name: name("rotated"),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("regenerate")
+        .into_inner()
+        .secret;
+    within(
+        PROPAGATION,
+        "old secret refused by the other replica",
+        async || {
+            verify(&other, &old)
+                .await
+                .is_err_and(|status| reason(&status) == "TOKEN_INVALID")
+        },
+    )
+    .await;
+    within(
+        PROPAGATION,
+        "new secret accepted by the other replica",
+        async || verify(&other, &new).await.is_ok(),
+    )
+    .await;
+    // With a grace ended by first use (through the other replica): the
+    // previous secret dies on the first replica too.
+    let newer = server
+        .client()
+        .await
+        .regenerate_api_token(authed(
+            &server.owner,
+            RegenerateApiTokenRequest {
+                name: name("rotated"),
+                previous_secret_ttl: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                end_grace_on_first_use: true,
+            },
+        ))
+        .await
+        .expect("regenerate")
+        .into_inner()
+        .secret;
+    within(
+        PROPAGATION,
+        "newest secret known on the other replica",
+        async || verify(&other, &newer).await.is_ok(),
+    )
+    .await;
+    let first = server.replica().await;
+    within(PROPAGATION, "grace ended everywhere", async || {
+        verify(&first, &new)
+            .await
+            .is_err_and(|status| reason(&status) == "TOKEN_INVALID")
+    })
+    .await;
+    first.stop().await;
+    other.stop().await;
+}
+
+async fn role_lowering_reaches_the_other_replica(server: TestServer) {
+    let other = server.replica().await;
+    let (_, secret) = server.create("lowered", Role::Owner).await;
+    within(PROPAGATION, "known", async || {
+        verify(&other, &secret).await.is_ok()
+    })
+    .await;
+    server
+        .client()
+        .await
+        .update_api_token(authed(
+            &server.owner,
+            UpdateApiTokenRequest {
+                api_token: Some(ApiToken {
+                    name: name("lowered"),
+                    role: Role::Viewer.to_proto().into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["role".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("lower");
+    within(
+        PROPAGATION,
+        "the lower role applies on the other replica",
+        async || {
+            // An owner-only call through the other replica is now denied.
+            other
+                .client()
+                .await
+                .revoke_api_token(authed(
+                    &secret,
+                    RevokeApiTokenRequest {
+                        name: name("bootstrap-owner"),
+                    },
+                ))
+                .await
+                .is_err_and(|status| status.code() == Code::PermissionDenied)
+        },
+    )
+    .await;
+    other.stop().await;
+}
+
+async fn purge_and_reuse_reach_the_other_replica(server: TestServer) {
+    let other = server.replica().await;
+    let (_, secret) = server.create("recycled", Role::Viewer).await;
+    server
+        .client()
+        .await
+        .revoke_api_token(authed(
+            &server.owner,
+            RevokeApiTokenRequest {
+                name: name("recycled"),
+            },
+        ))
+        .await
+        .expect("revoke");
+    // Past the retention period the sweepers purge it (either replica).
+    server.clock.advance(
+        chrono::Duration::from_std(Policy::default().token_retention).unwrap()
+            + chrono::Duration::days(1),
+    );
+    within(Duration::from_secs(5), "purged", async || {
+        server
+            .client()
+            .await
+            .get_api_token(authed(
+                &server.owner,
+                GetApiTokenRequest {
+                    name: name("recycled"),
+                },
+            ))
+            .await
+            .is_err_and(|status| status.code() == Code::NotFound)
+    })
+    .await;
+    within(PROPAGATION, "purged on the other replica", async || {
+        verify(&other, &secret)
+            .await
+            .is_err_and(|status| reason(&status) == "TOKEN_INVALID")
+    })
+    .await;
+    // The id is free: a new token of that name works on both.
+    let (_, reused) = server.create("recycled", Role::Viewer).await;
+    within(
+        PROPAGATION,
+        "the reused name works on the other replica",
+        async || verify(&other, &reused).await.is_ok(),
+    )
+    .await;
+    other.stop().await;
+}
+
+async fn a_replica_started_later_knows_everything(server: TestServer) {
+    let (_, kept) = server.create("kept", Role::Viewer).await;
+    let (_, gone) = server.create("gone", Role::Viewer).await;
+    server
+        .client()
+        .await
+        .revoke_api_token(authed(
+            &server.owner,
+            RevokeApiTokenRequest { name: name("gone") },
+        ))
+        .await
+        .expect("revoke");
+    // Cold start: everything is loaded before it serves.
+    let later = server.replica().await;
+    assert!(verify(&later, &kept).await.is_ok());
+    let status = verify(&later, &gone).await.expect_err("revoked");
+    assert_eq!(reason(&status), "TOKEN_REVOKED");
+    later.stop().await;
+}
+
+async fn event_streams_of_one_replica_carry_the_others_changes(server: TestServer) {
+    let other = server.replica().await;
+    server.create("watched", Role::Viewer).await;
+    let mut stream = other
+        .client()
+        .await
+        .watch_api_token_events(authed(
+            &server.owner,
+            WatchApiTokenEventsRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                after_sequence: 0,
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("ok").expect("open");
+    let started = Instant::now();
+    server
+        .client()
+        .await
+        .revoke_api_token(authed(
+            &server.owner,
+            RevokeApiTokenRequest {
+                name: name("watched"),
+            },
+        ))
+        .await
+        .expect("revoke");
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("an event within 5 s")
+            .expect("ok")
+            .expect("open");
+        if message
+            .events
+            .iter()
+            .any(|event| event.kind() == Kind::Revoked && event.api_token == name("watched"))
+        {
+            break;
+        }
+    }
+    eprintln!(
+        "revocation through replica A streamed by replica B after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    other.stop().await;
+}
+
+#[test]
+fn options_share_the_clock() {
+    // Replicas reuse the test server's options and manual clock.
+    let _ = Options::default();
+}
