@@ -34,6 +34,29 @@ struct Cli {
     /// Your token (prefer the environment variable).
     #[arg(long, env = "APITOKEN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// Verify the server against this CA (PEM) instead of the system's trust store.
+    #[arg(long, env = "APITOKEN_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --client-key.
+    #[arg(
+        long,
+        env = "APITOKEN_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "APITOKEN_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
+    /// Allow http:// to a host that is not loopback (the token crosses the
+    /// network in clear: only where a mesh encrypts it).
+    #[arg(long, env = "APITOKEN_PLAINTEXT", global = true)]
+    plaintext: bool,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -283,12 +306,33 @@ impl Session {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Status> {
-    let channel = Channel::from_shared(cli.endpoint.clone())
-        .map_err(|error| Status::invalid_argument(format!("endpoint {}: {error}", cli.endpoint)))?
-        .connect()
+/// The channel to the server: TLS for `https://`, plaintext `http://` only
+/// to loopback unless `--plaintext`.
+async fn channel(cli: &Cli) -> Result<Channel, Status> {
+    use apitoken_proto::endpoint::{ClientIdentity, ConnectOptions, EndpointError, connect};
+    let options = ConnectOptions {
+        ca: cli.ca_cert.clone().map(Into::into),
+        identity: cli
+            .client_cert
+            .clone()
+            .zip(cli.client_key.clone())
+            .map(|(cert, key)| ClientIdentity {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+        allow_plaintext: cli.plaintext,
+        ..ConnectOptions::default()
+    };
+    connect(&cli.endpoint, &options)
         .await
-        .map_err(|error| Status::unavailable(format!("cannot reach {}: {error}", cli.endpoint)))?;
+        .map_err(|error| match error {
+            EndpointError::Connect { .. } => Status::unavailable(error.to_string()),
+            _ => Status::invalid_argument(error.to_string()),
+        })
+}
+
+async fn run(cli: Cli) -> Result<(), Status> {
+    let channel = channel(&cli).await?;
     let mut session = Session {
         client: ApiTokenServiceClient::new(channel),
         token: cli.token,

@@ -58,6 +58,7 @@ fn store_options(args: &DatabaseArgs) -> StoreOptions {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), StartError> {
+    let transport = args.transport.config().map_err(StartError::Config)?;
     let config = AppConfig {
         database_url: args.database.database_url.clone(),
         store: store_options(&args.database),
@@ -95,6 +96,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             heartbeat_interval: args.event_heartbeat_interval,
             expiry_sweep_interval: args.expiry_sweep_interval,
         },
+        transport,
     };
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::build(config, clock).await?;
