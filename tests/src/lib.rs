@@ -41,7 +41,8 @@ use tonic_types::StatusExt;
 
 use apitoken_proto::endpoint::ConnectOptions;
 pub use apitoken_proto::v1;
-use apitoken_server::transport::TransportConfig;
+/// The server's TLS files and transport settings, for [`Options::transport`].
+pub use apitoken_server::{tls::TlsFiles, transport::TransportConfig};
 
 pub mod pki;
 

@@ -122,7 +122,6 @@ pub struct App {
     clock: SharedClock,
     usage: Arc<UsageRecorder>,
     requests: RequestCounter,
-    connections: Arc<Connections>,
     config: AppConfig,
 }
 
@@ -143,7 +142,6 @@ impl App {
             clock,
             usage,
             requests: RequestCounter::default(),
-            connections: Arc::default(),
             config,
         })
     }
@@ -171,11 +169,6 @@ impl App {
     /// Requests received, by method.
     pub fn requests(&self) -> &RequestCounter {
         &self.requests
-    }
-
-    /// Open connections (those past their handshake).
-    pub fn connections(&self) -> Arc<Connections> {
-        Arc::clone(&self.connections)
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains in-flight
@@ -272,14 +265,15 @@ impl App {
                 .as_ref()
                 .is_some_and(|files| files.client_ca.is_some())
             {
-                "mutual TLS"
+                "mutual-tls"
             } else {
-                "TLS"
+                "tls"
             }
         } else {
             "plaintext"
         };
-        info!(%address, security, "serving apitoken.v1.ApiTokenService");
+        info!(%address, %security, "serving apitoken.v1.ApiTokenService");
+        let connections = Arc::new(Connections::default());
         let shutdown_reporter = reporter.clone();
         let mut grace_started = stopping_tx.subscribe();
         let grace = self.config.shutdown_grace;
@@ -290,10 +284,7 @@ impl App {
             .http2_max_header_list_size(transport_config.max_header_list_size)
             .trace_fn(crate::telemetry::request_span)
             .layer(self.requests.clone())
-            .layer(TransportLayer::new(
-                Arc::clone(&self.connections),
-                max_request,
-            ))
+            .layer(TransportLayer::new(Arc::clone(&connections), max_request))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -306,8 +297,7 @@ impl App {
             let _ = stopping_tx.send(true);
             set_health(&shutdown_reporter, ServingStatus::NotServing).await;
         };
-        let limits = transport::Limits::from(&transport_config);
-        let connections = Arc::clone(&self.connections);
+        let limits = transport::ConnLimits::from(&transport_config);
         let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match tls {
                 Some(tls) => Box::pin(router.serve_with_incoming_shutdown(

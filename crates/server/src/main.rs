@@ -59,6 +59,10 @@ fn store_options(args: &DatabaseArgs) -> StoreOptions {
 
 async fn serve(args: ServeArgs) -> Result<(), StartError> {
     let transport = args.transport.config().map_err(StartError::Config)?;
+    // Before the database: a refused listener touches nothing.
+    transport
+        .check_listener(args.listen)
+        .map_err(StartError::Config)?;
     let config = AppConfig {
         database_url: args.database.database_url.clone(),
         store: store_options(&args.database),

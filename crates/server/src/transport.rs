@@ -98,7 +98,7 @@ impl Default for TransportConfig {
     }
 }
 
-/// Bounds of the settings: `(flag, smallest, largest)`.
+/// Bounds of `--max-connections`: `(smallest, largest)`.
 pub const MAX_CONNECTIONS_RANGE: (usize, usize) = (1, 1_000_000);
 /// Bounds of `--max-concurrent-streams`.
 pub const MAX_CONCURRENT_STREAMS_RANGE: (u32, u32) = (1, 100_000);
@@ -240,19 +240,6 @@ impl Connections {
             .get(&peer)
             .cloned()
     }
-
-    /// Open connections (handshakes excluded).
-    pub fn len(&self) -> usize {
-        self.by_peer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A connection's entry in [`Connections`], removed on drop.
@@ -313,14 +300,14 @@ impl Handshake for Tls {
 
 /// What the accept loop and connections need to know.
 #[derive(Debug, Clone)]
-pub(crate) struct Limits {
+pub(crate) struct ConnLimits {
     pub(crate) max_connections: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) tcp_nodelay: bool,
 }
 
-impl From<&TransportConfig> for Limits {
+impl From<&TransportConfig> for ConnLimits {
     fn from(config: &TransportConfig) -> Self {
         Self {
             max_connections: config.max_connections,
@@ -338,7 +325,7 @@ impl From<&TransportConfig> for Limits {
 pub(crate) fn incoming<H: Handshake>(
     listener: TcpListener,
     handshake: H,
-    limits: Limits,
+    limits: ConnLimits,
     connections: Arc<Connections>,
 ) -> impl Stream<Item = io::Result<Conn<H::Io>>> + Send + 'static {
     use tokio_stream::StreamExt as _;
@@ -356,7 +343,7 @@ pub(crate) fn incoming<H: Handshake>(
 async fn accept_loop<H: Handshake>(
     listener: TcpListener,
     handshake: H,
-    limits: Limits,
+    limits: ConnLimits,
     connections: Arc<Connections>,
     ready: mpsc::Sender<Conn<H::Io>>,
 ) {
@@ -417,7 +404,7 @@ async fn establish<H: Handshake>(
     peer: SocketAddr,
     slot: OwnedSemaphorePermit,
     handshake: H,
-    limits: Limits,
+    limits: ConnLimits,
     connections: Arc<Connections>,
     ready: mpsc::Sender<Conn<H::Io>>,
 ) {
