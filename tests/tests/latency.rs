@@ -1,9 +1,12 @@
 //! A latency measurement, not a test of timing (nothing is asserted about
-//! time): 4 clients, each on its own connection, call 10 times a second for
-//! 5 s against a real server, with `TCP_NODELAY` on and off on the server's
+//! time): 4 clients call 10 times a second for 5 s against a real server,
+//! sharing one connection (as clones of a tonic `Channel` do, and as the
+//! interceptor does) or each on its own, with `TCP_NODELAY` on and off on the server's
 //! accepted sockets, in plaintext and over TLS; prints p50, p99 and max.
 //! Two calls: `grpc.health.v1.Health/Check` (the transport alone) and
-//! `VerifyApiToken` (a token lookup in SQLite as well). Run it with
+//! `VerifyApiToken` (a token lookup in SQLite as well). Also counted: calls
+//! over 35 ms, the signature of Nagle's algorithm waiting for the client's
+//! delayed ACK (40 ms on Linux). Run it with
 //!
 //! ```sh
 //! cargo test --release -p apitoken-tests --test latency -- --ignored --nocapture
@@ -30,10 +33,15 @@ enum Call {
     Verify,
 }
 
-async fn measure(server: &TestServer, call: Call) -> Vec<Duration> {
+async fn measure(server: &TestServer, call: Call, shared: bool) -> Vec<Duration> {
     let mut tasks = Vec::new();
+    let one = server.channel().await;
     for _ in 0..CLIENTS {
-        let channel = server.channel().await;
+        let channel = if shared {
+            one.clone()
+        } else {
+            server.channel().await
+        };
         let mut health = HealthClient::new(channel.clone());
         let mut client = ApiTokenServiceClient::new(channel);
         let secret = server.owner.clone();
@@ -104,17 +112,27 @@ async fn latency_with_and_without_nodelay() {
             )
             .await
             .expect("sqlite");
-            for call in [Call::Health, Call::Verify] {
-                let sorted = measure(&server, call).await;
+            for (call, shared) in [
+                (Call::Health, true),
+                (Call::Verify, true),
+                (Call::Health, false),
+                (Call::Verify, false),
+            ] {
+                let sorted = measure(&server, call, shared).await;
                 println!(
-                    "{:<6} {} TCP_NODELAY {:>3}: {} calls, p50 {:>8.2?}, p99 {:>8.2?}, max {:>8.2?}",
+                    "{:<6} {} {} TCP_NODELAY {:>3}: {} calls, p50 {:>8.2?}, p99 {:>8.2?}, max {:>8.2?}, over 35 ms: {}",
                     format!("{call:?}"),
+                    if shared { "1 conn " } else { "4 conns" },
                     if tls { "TLS      " } else { "plaintext" },
                     if nodelay { "on" } else { "off" },
                     sorted.len(),
                     percentile(&sorted, 0.50),
                     percentile(&sorted, 0.99),
                     sorted[sorted.len() - 1],
+                    sorted
+                        .iter()
+                        .filter(|latency| **latency > Duration::from_millis(35))
+                        .count(),
                 );
             }
             server.stop().await;
