@@ -874,3 +874,68 @@ async fn plaintext_on_a_public_address_needs_an_explicit_choice() {
         }
     }
 }
+
+/// The SETTINGS the server announces first: `(identifier, value)` pairs.
+async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
+    let mut stream = raw_http2(addr).await;
+    let mut header = [0u8; 9];
+    loop {
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header))
+            .await
+            .expect("a frame in time")
+            .expect("read");
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.expect("payload");
+        // SETTINGS, not an ACK.
+        if header[3] == 4 && header[4] & 1 == 0 {
+            return payload
+                .chunks_exact(6)
+                .map(|entry| {
+                    (
+                        u16::from_be_bytes([entry[0], entry[1]]),
+                        u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]),
+                    )
+                })
+                .collect();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_limits_are_announced_and_enforced() {
+    let server = plain_server(|transport| {
+        transport.max_concurrent_streams = 7;
+        transport.max_header_list_size = 4096;
+    })
+    .await;
+    let settings = server_settings(server.addr).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS (3) and SETTINGS_MAX_HEADER_LIST_SIZE (6).
+    assert!(settings.contains(&(3, 7)), "{settings:?}");
+    assert!(settings.contains(&(6, 4096)), "{settings:?}");
+
+    // A request whose headers exceed the list size is refused, and the
+    // connection keeps serving.
+    let channel = server.channel().await;
+    let mut request = authed(&server.owner, VerifyApiTokenRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-padding", "p".repeat(8 * 1024).parse().expect("ascii"));
+    let refused = ApiTokenServiceClient::new(channel.clone())
+        .verify_api_token(request)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        whoami(channel, &server.owner).await.expect("served"),
+        owner_name()
+    );
+    server.stop().await;
+
+    // The defaults.
+    let server = plain_server(|_| {}).await;
+    let settings = server_settings(server.addr).await;
+    assert!(settings.contains(&(3, 200)), "{settings:?}");
+    assert!(settings.contains(&(6, 16 * 1024)), "{settings:?}");
+    server.stop().await;
+}
