@@ -850,16 +850,29 @@ async fn plaintext_on_a_public_address_needs_an_explicit_choice() {
             .await
             .expect("builds");
         let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(app.serve(listener, async {
             let _ = stopped.await;
         }));
         if starts {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            assert!(
-                !serving.is_finished(),
-                "tls={tls} plaintext={plaintext} did not start"
-            );
+            let (endpoint, options) = if tls {
+                (format!("https://127.0.0.1:{port}"), pki.client_options())
+            } else {
+                (
+                    format!("http://127.0.0.1:{port}"),
+                    ConnectOptions::default(),
+                )
+            };
+            let channel = endpoint::connect(&endpoint, &options)
+                .await
+                .unwrap_or_else(|err| panic!("tls={tls} plaintext={plaintext}: {err}"));
+            let health = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .expect("health")
+                .into_inner();
+            assert_eq!(health.status, 1, "SERVING");
             let _ = stop.send(());
             serving.await.expect("task").expect("clean stop");
         } else {

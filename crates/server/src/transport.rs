@@ -358,7 +358,6 @@ async fn accept_loop<H: Handshake>(
             Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors and the like: do not spin.
-                debug!(error = %err, "accept failed");
                 if !matches!(
                     err.kind(),
                     io::ErrorKind::ConnectionAborted
