@@ -1,6 +1,9 @@
 //! Wire types of apitoken: the `apitoken.v1` messages, the generated tonic
 //! client and server for `ApiTokenService`, and the encoded file descriptor
-//! set for server reflection.
+//! set for server reflection; [`endpoint`] makes channels to apitoken that
+//! use TLS for `https://` and refuse plaintext to hosts that are not
+//! loopback; [`pem`] reads certificates and keys with bounds; [`peer`] finds
+//! a request's peer address over plaintext and TLS alike.
 //!
 //! `tonic` and `prost` are re-exported so that services importing this crate
 //! (and the interceptor) stay on the same versions.
@@ -8,6 +11,10 @@
 pub use prost;
 pub use prost_types;
 pub use tonic;
+
+pub mod endpoint;
+pub mod peer;
+pub mod pem;
 
 /// The `apitoken.v1` package.
 pub mod v1 {

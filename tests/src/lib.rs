@@ -8,6 +8,10 @@
 //! each test gets its own database. Without it the PostgreSQL variants print
 //! that they were skipped, unless `APITOKEN_REQUIRE_POSTGRES=1` (CI), which
 //! makes a missing server a failure.
+//!
+//! TLS: [`pki`] makes real certificates; [`Options::transport`] turns TLS
+//! (and the connection limits) on, and [`Options::client`] is how the
+//! harness's own clients connect.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -35,7 +39,12 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Request, Status, transport::Channel};
 use tonic_types::StatusExt;
 
+use apitoken_proto::endpoint::ConnectOptions;
 pub use apitoken_proto::v1;
+/// The server's TLS files and transport settings, for [`Options::transport`].
+pub use apitoken_server::{tls::TlsFiles, transport::TransportConfig};
+
+pub mod pki;
 
 /// The namespace of the bootstrap owner token.
 pub const NAMESPACE: &str = "team-a";
@@ -53,6 +62,8 @@ pub enum Backend {
 #[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// `http://127.0.0.1:port`, or `https://…` when the server serves TLS.
+    pub endpoint: String,
     pub backend: Backend,
     pub clock: Arc<ManualClock>,
     pub store: TokenStore,
@@ -85,6 +96,10 @@ pub struct Options {
     pub policy: Policy,
     /// Proxies whose `x-forwarded-for` is believed.
     pub trusted_proxies: apitoken_server::peer::TrustedProxies,
+    /// TLS and connection limits (plaintext and the defaults unless changed).
+    pub transport: TransportConfig,
+    /// How the harness's clients connect (CA, client certificate).
+    pub client: ConnectOptions,
 }
 
 /// Limits that tests of other features never reach.
@@ -114,6 +129,8 @@ impl Default for Options {
             limits: generous_limits(),
             policy: Policy::default(),
             trusted_proxies: Default::default(),
+            transport: TransportConfig::default(),
+            client: ConnectOptions::default(),
         }
     }
 }
@@ -172,8 +189,14 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let requests = app.requests().clone();
         let (shutdown, handle) = spawn_app(app, listener);
+        let scheme = if options.transport.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Some(TestServer {
             addr,
+            endpoint: format!("{scheme}://{addr}"),
             backend,
             clock,
             store,
@@ -194,13 +217,17 @@ impl TestServer {
         ApiTokenServiceClient::new(self.channel().await)
     }
 
-    /// A new connection.
+    /// A new connection (TLS with [`Options::client`] when the server
+    /// serves TLS).
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("uri")
-            .connect()
+        apitoken_proto::endpoint::connect(&self.endpoint, &self.options.client)
             .await
             .expect("connect")
+    }
+
+    /// The options the server was started with.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// Creates a token through the API with the team-a owner; returns it and
@@ -405,6 +432,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.limits = options.limits.clone();
     config.policy = options.policy.clone();
     config.trusted_proxies = options.trusted_proxies.clone();
+    config.transport = options.transport.clone();
     // Retention runs every 10 minutes in production; tests move the clock
     // and want it applied promptly.
     config.policy.retention_interval = Duration::from_millis(100);
@@ -643,15 +671,23 @@ impl ExampleService {
             ))
             .await;
         let clock: SharedClock = server.clock.clone();
-        let auth = apitoken_example::policy(
+        let mut builder = apitoken_example::policy(
             apitoken_interceptor::ApiTokenAuth::builder()
                 .namespace(NAMESPACE, credential)
                 .settings(settings)
                 .clock(clock),
-        )
-        .connect(format!("http://{}", server.addr))
-        .await
-        .expect("interceptor builds");
+        );
+        let client = &server.options.client;
+        if let Some(ca) = &client.ca {
+            builder = builder.tls_ca(ca.clone());
+        }
+        if let Some(identity) = &client.identity {
+            builder = builder.client_identity(identity.cert.clone(), identity.key.clone());
+        }
+        let auth = builder
+            .connect(server.endpoint.clone())
+            .await
+            .expect("interceptor builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (shutdown, stopped) = oneshot::channel::<()>();

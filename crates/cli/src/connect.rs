@@ -4,15 +4,12 @@
 //! endpoint ("connection refused", "cannot resolve host", "no answer within
 //! 5s") instead of tonic's "transport error".
 
-use std::{error::Error as StdError, fmt, io, time::Duration};
+use std::{error::Error as StdError, fmt, io};
 
-use tonic::codegen::http::Uri;
-use tonic::transport::{Channel, Endpoint};
+use apitoken_proto::endpoint::{ConnectOptions, EndpointError};
+use tonic::transport::Channel;
 
 use crate::escape::quote;
-
-/// Longest endpoint accepted.
-pub(crate) const MAX_ENDPOINT_LEN: usize = 2048;
 
 /// Why there is no channel.
 #[derive(Debug)]
@@ -60,71 +57,57 @@ impl fmt::Display for ConnectError {
     }
 }
 
-/// Checks that `endpoint` is an `http://host[:port]` URL.
-pub(crate) fn parse_endpoint(endpoint: &str) -> Result<Uri, ConnectError> {
-    let bad = |reason: String| ConnectError::BadEndpoint {
-        endpoint: endpoint.to_owned(),
-        reason,
-    };
-    if endpoint.len() > MAX_ENDPOINT_LEN {
-        return Err(bad(format!("longer than {MAX_ENDPOINT_LEN} characters")));
-    }
-    let uri: Uri = endpoint
-        .parse()
-        .map_err(|error| bad(format!("not a URL ({error})")))?;
-    let Some(scheme) = uri.scheme_str() else {
-        return Err(bad(format!(
-            "no scheme: write it as http://{}",
-            endpoint.trim_start_matches('/')
-        )));
-    };
-    match scheme {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "https:// needs TLS, which this build of apitoken does not support yet".to_owned(),
-            ));
-        }
-        other => {
-            return Err(bad(format!(
-                "unsupported scheme {}: use http://",
-                quote(other, 20)
-            )));
-        }
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(bad("no host".to_owned()));
-    }
-    if uri
-        .path_and_query()
-        .is_some_and(|path| path.as_str() != "/")
-    {
-        return Err(bad("must not have a path: http://host:port".to_owned()));
-    }
-    Ok(uri)
+/// Checks `endpoint`: `https://host[:port]`, or `http://` to loopback (or
+/// anywhere with `allow_plaintext`), no path; the rules of
+/// [`apitoken_proto::endpoint::check`], said as a bad endpoint.
+pub(crate) fn parse_endpoint(endpoint: &str, allow_plaintext: bool) -> Result<(), ConnectError> {
+    apitoken_proto::endpoint::check(endpoint, allow_plaintext)
+        .map(|_| ())
+        .map_err(|error| ConnectError::BadEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: reason_of(&error),
+        })
 }
 
-/// Connects to `endpoint`: the TCP connection and the HTTP/2 handshake must
-/// both be done within `connect_timeout`.
+/// What is wrong, without the endpoint (the message names it once).
+fn reason_of(error: &EndpointError) -> String {
+    match error {
+        EndpointError::TooLong { len, .. } => format!(
+            "{len} bytes long, longer than {} characters",
+            apitoken_proto::endpoint::MAX_ENDPOINT_LEN
+        ),
+        EndpointError::Invalid { reason, .. } => reason.clone(),
+        EndpointError::PlaintextRefused { .. } => "plaintext http:// to a host that is not loopback would send the token in clear: use https:// (with --ca-cert if needed), or pass --plaintext if the network encrypts it".to_owned(),
+        EndpointError::Tls(reason) => format!("TLS: {reason}"),
+        EndpointError::Connect { reason, .. } => reason.clone(),
+    }
+}
+
+/// Connects to `endpoint` with `options` (TLS for `https://`): the TCP
+/// connection, the TLS handshake and the HTTP/2 handshake must all be done
+/// within the connect timeout.
 pub(crate) async fn connect(
     endpoint: &str,
-    connect_timeout: Duration,
+    options: &ConnectOptions,
 ) -> Result<Channel, ConnectError> {
-    let uri = parse_endpoint(endpoint)?;
+    parse_endpoint(endpoint, options.allow_plaintext)?;
     let unreachable = |reason: String| ConnectError::Unreachable {
         endpoint: endpoint.to_owned(),
         reason,
     };
-    let endpoint_config = Endpoint::from(uri)
-        .connect_timeout(connect_timeout)
+    let endpoint_config = apitoken_proto::endpoint::endpoint(endpoint, options)
+        .map_err(|error| ConnectError::BadEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: reason_of(&error),
+        })?
         .user_agent(concat!("apitoken-cli/", env!("CARGO_PKG_VERSION")))
         .map_err(|error| unreachable(plain_words(&error)))?;
-    match tokio::time::timeout(connect_timeout, endpoint_config.connect()).await {
+    match tokio::time::timeout(options.connect_timeout, endpoint_config.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(error)) => Err(unreachable(plain_words(&error))),
         Err(_) => Err(unreachable(format!(
             "no answer within {}",
-            crate::show_duration(connect_timeout)
+            crate::show_duration(options.connect_timeout)
         ))),
     }
 }
@@ -181,7 +164,7 @@ mod tests {
     use super::*;
 
     fn reason(endpoint: &str) -> String {
-        match parse_endpoint(endpoint) {
+        match parse_endpoint(endpoint, false) {
             Err(ConnectError::BadEndpoint { reason, .. }) => reason,
             other => panic!("{endpoint}: {other:?}"),
         }
@@ -189,16 +172,16 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked() {
-        assert!(parse_endpoint("http://127.0.0.1:50051").is_ok());
-        assert!(parse_endpoint("http://apitoken.internal:50051/").is_ok());
-        assert!(parse_endpoint("http://[::1]:50051").is_ok());
-        assert!(reason("127.0.0.1:50051").contains("no scheme"));
-        assert!(reason("localhost").contains("no scheme"));
-        assert!(reason("ftp://host").contains("unsupported scheme `ftp`"));
-        assert!(reason("https://host").contains("TLS"));
+        assert!(parse_endpoint("http://127.0.0.1:50051", false).is_ok());
+        assert!(parse_endpoint("https://apitoken.internal:50051/", false).is_ok());
+        assert!(parse_endpoint("http://[::1]:50051", false).is_ok());
+        assert!(parse_endpoint("http://apitoken.internal:50051", true).is_ok());
+        assert!(reason("http://apitoken.internal:50051").contains("in clear"));
+        assert!(reason("127.0.0.1:50051").contains("scheme"));
+        assert!(reason("ftp://host").contains("scheme"));
         assert!(reason("http://exa mple").contains("not a URL"));
-        assert!(reason("http://host/path").contains("path"));
-        assert!(reason("").contains("not a URL"));
+        assert!(reason("http://127.0.0.1/path").contains("path"));
+        assert!(reason("").contains("URL"));
         assert!(reason(&"x".repeat(3000)).contains("2048"));
     }
 

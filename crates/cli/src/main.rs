@@ -97,6 +97,44 @@ struct Cli {
         help_heading = "Global options"
     )]
     token: Option<String>,
+    /// Verify the server against this CA (PEM) instead of the system's trust store.
+    #[arg(
+        long,
+        env = "APITOKEN_CA_CERT",
+        value_hint = ValueHint::FilePath,
+        global = true,
+        help_heading = "Global options"
+    )]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --client-key.
+    #[arg(
+        long,
+        env = "APITOKEN_CLIENT_CERT",
+        value_hint = ValueHint::FilePath,
+        global = true,
+        requires = "client_key",
+        help_heading = "Global options"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "APITOKEN_CLIENT_KEY",
+        value_hint = ValueHint::FilePath,
+        global = true,
+        requires = "client_cert",
+        help_heading = "Global options"
+    )]
+    client_key: Option<std::path::PathBuf>,
+    /// Allow http:// to a host that is not loopback (the token crosses the
+    /// network in clear: only where a mesh encrypts it).
+    #[arg(
+        long,
+        env = "APITOKEN_PLAINTEXT",
+        global = true,
+        help_heading = "Global options"
+    )]
+    plaintext: bool,
     /// Output format [default: table for list and audit, text otherwise].
     #[arg(
         short = 'o',
@@ -550,7 +588,7 @@ struct Session {
 impl Session {
     async fn open(cli: &Cli) -> Result<Session, Failure> {
         // A bad URL is said first: no token is needed to see it.
-        connect::parse_endpoint(&cli.endpoint).map_err(Failure::Connect)?;
+        connect::parse_endpoint(&cli.endpoint, cli.plaintext).map_err(Failure::Connect)?;
         let token = cli
             .token
             .as_deref()
@@ -570,7 +608,20 @@ impl Session {
             })?;
         // Never HPACK-indexed, never in Debug output.
         authorization.set_sensitive(true);
-        let channel = connect::connect(&cli.endpoint, cli.connect_timeout)
+        let options = apitoken_proto::endpoint::ConnectOptions {
+            ca: cli.ca_cert.clone().map(Into::into),
+            identity: cli
+                .client_cert
+                .clone()
+                .zip(cli.client_key.clone())
+                .map(|(cert, key)| apitoken_proto::endpoint::ClientIdentity {
+                    cert: cert.into(),
+                    key: key.into(),
+                }),
+            allow_plaintext: cli.plaintext,
+            connect_timeout: cli.connect_timeout,
+        };
+        let channel = connect::connect(&cli.endpoint, &options)
             .await
             .map_err(Failure::Connect)?;
         Ok(Session {

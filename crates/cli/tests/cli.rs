@@ -884,7 +884,8 @@ async fn every_failure_has_its_exit_status_and_plain_words() {
         "ftp://127.0.0.1:1",
         "not a url",
         "127.0.0.1:50051",
-        "https://127.0.0.1:1",
+        // Plaintext to a host that is not loopback would send the token in clear.
+        "http://192.0.2.1:50051",
     ] {
         let message = fails(&run_at(bad, Some(&owner), &["whoami"]), 2);
         assert!(

@@ -10,7 +10,8 @@ use apitoken_domain::{
     name::check_id,
     token::{Secret, TokenFormat},
 };
-use tonic::transport::{Channel, Endpoint};
+use apitoken_proto::endpoint::{ClientIdentity, ConnectOptions, Pem};
+use tonic::transport::Channel;
 
 use crate::auth::ApiTokenAuth;
 
@@ -136,6 +137,7 @@ pub struct AuthBuilder {
     pub(crate) settings: Settings,
     pub(crate) prefix: String,
     pub(crate) clock: SharedClock,
+    pub(crate) connect: ConnectOptions,
 }
 
 impl Default for AuthBuilder {
@@ -146,6 +148,7 @@ impl Default for AuthBuilder {
             settings: Settings::default(),
             prefix: apitoken_domain::token::DEFAULT_PREFIX.to_owned(),
             clock: Arc::new(SystemClock),
+            connect: ConnectOptions::default(),
         }
     }
 }
@@ -198,16 +201,45 @@ impl AuthBuilder {
         self
     }
 
-    /// Builds over a lazily connected channel to `endpoint` (e.g.
-    /// `http://apitoken:50051`): the service starts even while apitoken is
-    /// down, and calls fail closed until it is reachable. Needs a Tokio
-    /// runtime (background tasks are spawned).
+    /// Verify apitoken's certificate against this CA (a PEM file or PEM
+    /// bytes) only, instead of the system's trust store.
+    pub fn tls_ca(mut self, ca: impl Into<Pem>) -> Self {
+        self.connect.ca = Some(ca.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM) to apitoken (mutual
+    /// TLS).
+    pub fn client_identity(mut self, cert: impl Into<Pem>, key: impl Into<Pem>) -> Self {
+        self.connect.identity = Some(ClientIdentity {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// Allow an `http://` endpoint that is not loopback: tokens then cross
+    /// the network in clear, so only where the network encrypts them (a
+    /// service mesh).
+    pub fn allow_plaintext(mut self) -> Self {
+        self.connect.allow_plaintext = true;
+        self
+    }
+
+    /// Builds over a lazily connected channel to `endpoint`
+    /// (`https://apitoken.internal:50051`; `http://` only to loopback unless
+    /// [`AuthBuilder::allow_plaintext`]): the service starts even while
+    /// apitoken is down, and calls fail closed until it is reachable. TLS
+    /// files are read here; a bad one is an error. Needs a Tokio runtime
+    /// (background tasks are spawned).
     pub async fn connect(self, endpoint: impl Into<String>) -> Result<ApiTokenAuth, BuildError> {
         let endpoint: String = endpoint.into();
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|err| BuildError(format!("invalid apitoken endpoint {endpoint:?}: {err}")))?
-            .connect_timeout(self.settings.call_timeout)
-            .connect_lazy();
+        let options = ConnectOptions {
+            connect_timeout: self.settings.call_timeout,
+            ..self.connect.clone()
+        };
+        let channel = apitoken_proto::endpoint::connect_lazy(&endpoint, &options)
+            .map_err(|err| BuildError(format!("apitoken {err}")))?;
         self.build(channel)
     }
 
@@ -275,5 +307,26 @@ mod tests {
             policy.requirement("/grpc.health.v1.Health/Check"),
             Requirement::Role(Role::Viewer)
         );
+    }
+
+    #[tokio::test]
+    async fn plaintext_to_a_remote_apitoken_is_refused() {
+        let credential = "apitoken_0000000000000000000000000000000000000000000000000";
+        let err = AuthBuilder::default()
+            .namespace("team-a", credential)
+            .connect("http://10.255.255.1:50051")
+            .await
+            .expect_err("plaintext refused");
+        assert!(
+            err.0.contains("10.255.255.1") && err.0.contains("https://"),
+            "{err}"
+        );
+        let err = AuthBuilder::default()
+            .namespace("team-a", credential)
+            .tls_ca(std::path::PathBuf::from("/nonexistent/ca.pem"))
+            .connect("https://apitoken:50051")
+            .await
+            .expect_err("missing CA file");
+        assert!(err.0.contains("/nonexistent/ca.pem"), "{err}");
     }
 }

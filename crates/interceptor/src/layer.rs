@@ -13,7 +13,7 @@ use std::{
 
 use apitoken_domain::ratelimit::Decision;
 use apitoken_domain::{Error, Principal};
-use tonic::{Status, metadata::MetadataMap, transport::server::TcpConnectInfo};
+use tonic::{Status, metadata::MetadataMap};
 use tower::{Layer, Service};
 use tracing::{Instrument, field::Empty, info_span};
 
@@ -111,11 +111,9 @@ where
         Box::pin(async move {
             let path = request.uri().path().to_owned();
             let metadata = relevant_metadata(request.headers());
-            let peer = request
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr)
-                .map(|addr| addr.ip());
+            // Plaintext and TLS servers put different connect info in.
+            let peer =
+                apitoken_proto::peer::remote_addr(request.extensions()).map(|addr| addr.ip());
             let span =
                 info_span!("apitoken.authenticate", method = %path, token = Empty, outcome = Empty);
             let verdict = shared

@@ -8,8 +8,11 @@
 //! lets in-flight calls finish (for at most the grace period: long-lived
 //! streams such as health watches would otherwise hold it open forever),
 //! then flushes usage figures.
+//!
+//! The connections themselves (TLS, TCP_NODELAY, connection cap, handshake
+//! and idle timeouts, HTTP/2 limits) are [`crate::transport`]'s.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use apitoken_domain::{
     Error,
@@ -20,7 +23,6 @@ use apitoken_domain::{
 use apitoken_proto::{FILE_DESCRIPTOR_SET, v1::api_token_service_server::ApiTokenServiceServer};
 use apitoken_store::{StoreOptions, TokenStore};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -35,6 +37,8 @@ use crate::{
     peer::TrustedProxies,
     policy::Policy,
     service::ApiTokenService,
+    tls::TlsReloader,
+    transport::{self, Connections, TransportConfig, TransportLayer},
     usage::UsageRecorder,
 };
 
@@ -68,6 +72,8 @@ pub struct AppConfig {
     pub trusted_proxies: TrustedProxies,
     /// The in-memory index (its poll interval is `events.poll_interval`).
     pub index: IndexOptions,
+    /// TLS and the limits of connections.
+    pub transport: TransportConfig,
 }
 
 impl AppConfig {
@@ -87,6 +93,7 @@ impl AppConfig {
             policy: Policy::default(),
             trusted_proxies: TrustedProxies::default(),
             index: IndexOptions::default(),
+            transport: TransportConfig::default(),
         }
     }
 }
@@ -173,12 +180,27 @@ impl App {
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains in-flight
-    /// calls and flushes usage figures.
+    /// calls and flushes usage figures. Refuses to start in plaintext on an
+    /// address that is not loopback unless `transport.plaintext` is set.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
+        let transport_config = self.config.transport.clone();
+        transport_config.validate().map_err(StartError::Config)?;
+        let address = listener
+            .local_addr()
+            .map_err(|err| StartError::Config(format!("listener: {err}")))?;
+        transport_config
+            .check_listener(address)
+            .map_err(StartError::Config)?;
+        let tls = match &transport_config.tls {
+            Some(files) => Some(Arc::new(
+                TlsReloader::load(files.clone()).map_err(StartError::Config)?,
+            )),
+            None => None,
+        };
         let (stopping_tx, stopping) = watch::channel(false);
         let index = TokenIndex::new(
             self.store.clone(),
@@ -229,16 +251,20 @@ impl App {
         );
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
+        let max_request = transport_config.max_request_size;
+        let health_service = health_service.max_decoding_message_size(max_request);
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+            .build_v1()?
+            .max_decoding_message_size(max_request);
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+            .build_v1alpha()?
+            .max_decoding_message_size(max_request);
 
         let (flush_stop_tx, flush_stop) = watch::channel(false);
         let flusher = self
@@ -248,29 +274,63 @@ impl App {
             HealthChecks::new(self.store.clone()).with_index(Arc::clone(&index)),
             reporter.clone(),
             self.config.health_check_interval,
-            stopping,
+            stopping.clone(),
         )
         .await;
+        let reloader = tls
+            .as_ref()
+            .map(|tls| tls.spawn_watcher(transport_config.tls_reload_interval, stopping.clone()));
 
-        if let Ok(address) = listener.local_addr() {
-            info!(%address, "serving apitoken.v1.ApiTokenService");
-        }
+        let security = if tls.is_some() {
+            if transport_config
+                .tls
+                .as_ref()
+                .is_some_and(|files| files.client_ca.is_some())
+            {
+                "mutual-tls"
+            } else {
+                "tls"
+            }
+        } else {
+            "plaintext"
+        };
+        info!(%address, %security, "serving apitoken.v1.ApiTokenService");
+        let connections = Arc::new(Connections::default());
         let shutdown_reporter = reporter.clone();
         let mut grace_started = stopping_tx.subscribe();
         let grace = self.config.shutdown_grace;
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(transport_config.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(transport_config.http2_keepalive_timeout))
+            .max_concurrent_streams(transport_config.max_concurrent_streams)
+            .http2_max_header_list_size(transport_config.max_header_list_size)
             .trace_fn(crate::telemetry::request_span)
             .layer(self.requests.clone())
+            .layer(TransportLayer::new(Arc::clone(&connections), max_request))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ApiTokenServiceServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                shutdown.await;
-                info!("shutting down: finishing in-flight calls");
-                let _ = stopping_tx.send(true);
-                set_health(&shutdown_reporter, ServingStatus::NotServing).await;
-            });
+            .add_service(
+                ApiTokenServiceServer::new(service).max_decoding_message_size(max_request),
+            );
+        let signal = async move {
+            shutdown.await;
+            info!("shutting down: finishing in-flight calls");
+            let _ = stopping_tx.send(true);
+            set_health(&shutdown_reporter, ServingStatus::NotServing).await;
+        };
+        let limits = transport::ConnLimits::from(&transport_config);
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match tls {
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    transport::incoming(listener, transport::Tls(tls), limits, connections),
+                    signal,
+                )),
+                None => Box::pin(router.serve_with_incoming_shutdown(
+                    transport::incoming(listener, transport::Plain, limits, connections),
+                    signal,
+                )),
+            };
         let result = tokio::select! {
             result = server => result,
             () = async {
@@ -287,6 +347,9 @@ impl App {
         }
         monitor.abort();
         follower.abort();
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         sweeper.abort();
         lifecycle.abort();
         info!("stopped");

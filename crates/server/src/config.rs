@@ -2,7 +2,7 @@
 //!
 //! Every flag has an `APITOKEN_*` environment variable; flags win.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use apitoken_domain::Role;
 use clap::{Args, Parser, Subcommand};
@@ -167,6 +167,89 @@ pub struct ServeArgs {
     /// Do not apply migrations on start (run `migrate` once instead).
     #[arg(long, env = "APITOKEN_NO_MIGRATE")]
     pub no_migrate: bool,
+    /// TLS and connection limits.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+/// TLS and the limits of connections.
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// Serve TLS with this certificate chain (PEM, leaf first); reloaded
+    /// when the file changes and on SIGHUP.
+    #[arg(long, env = "APITOKEN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "APITOKEN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: only clients with a certificate signed by this CA (PEM)
+    /// may connect.
+    #[arg(long, env = "APITOKEN_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes.
+    #[arg(long, env = "APITOKEN_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Serve plaintext on an address that is not loopback (behind a mesh or
+    /// a TLS-terminating load balancer).
+    #[arg(long, env = "APITOKEN_PLAINTEXT", conflicts_with = "tls_cert")]
+    pub plaintext: bool,
+    /// Most open connections; more are closed at once.
+    #[arg(long, env = "APITOKEN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Time for the TLS handshake and the HTTP/2 preface of a new connection.
+    #[arg(long, env = "APITOKEN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Close a connection with no call in flight for this long.
+    #[arg(long, env = "APITOKEN_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings.
+    #[arg(long, env = "APITOKEN_HTTP2_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+    /// Close a connection whose keepalive ping is unanswered this long.
+    #[arg(long, env = "APITOKEN_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+    /// Most concurrent calls per connection.
+    #[arg(long, env = "APITOKEN_MAX_CONCURRENT_STREAMS", default_value_t = 200)]
+    pub max_concurrent_streams: u32,
+    /// Largest request message (e.g. `4MiB`, `512KiB`, bytes).
+    #[arg(long, env = "APITOKEN_MAX_REQUEST_SIZE", default_value = "4MiB", value_parser = parse_size)]
+    pub max_request_size: usize,
+    /// Largest header list of a request (e.g. `16KiB`).
+    #[arg(long, env = "APITOKEN_MAX_HEADER_LIST_SIZE", default_value = "16KiB", value_parser = parse_size)]
+    pub max_header_list_size: usize,
+}
+
+impl TransportArgs {
+    /// The transport configuration these flags describe.
+    pub fn config(&self) -> Result<crate::transport::TransportConfig, String> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".to_owned()),
+        };
+        let max_header_list_size = u32::try_from(self.max_header_list_size)
+            .map_err(|_| "--max-header-list-size is too large".to_owned())?;
+        let config = crate::transport::TransportConfig {
+            tls,
+            tls_reload_interval: self.tls_reload_interval,
+            plaintext: self.plaintext,
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            http2_keepalive_interval: self.http2_keepalive_interval,
+            http2_keepalive_timeout: self.http2_keepalive_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_request_size: self.max_request_size,
+            max_header_list_size,
+            tcp_nodelay: true,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 /// Options of `bootstrap`.
@@ -217,6 +300,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => None,
     }
     .ok_or_else(|| format!("`{text}` is not a duration like 500ms, 30s, 5m, 12h or 30d"))
+}
+
+/// Parses `4MiB`, `512KiB`, `1GiB` (also `MB`, `KB` as binary units) or
+/// bare bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("`{text}` is not a size like 4MiB, 512KiB or 65536");
+    let number: usize = number.parse().map_err(|_| bad())?;
+    let factor: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1024,
+        "MiB" | "MB" | "M" => 1024 * 1024,
+        "GiB" | "GB" | "G" => 1024 * 1024 * 1024,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(factor).ok_or_else(bad)
 }
 
 /// Requests a minute for viewer, editor and owner.
@@ -387,6 +490,67 @@ mod tests {
         assert!(!policies.0["sandbox"].required);
         assert!(parse_expiry_policies("payments:forever").is_err());
         assert_eq!(parse_durations("14d,3d").map(|d| d.0.len()), Ok(2));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4MiB"), Ok(4 * 1024 * 1024));
+        assert_eq!(parse_size("16KiB"), Ok(16 * 1024));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn transport_flags() {
+        let cli = Cli::try_parse_from(["apitoken-server"]).expect("parses");
+        let config = cli.serve.transport.config().expect("defaults are valid");
+        assert_eq!(config, crate::transport::TransportConfig::default());
+
+        let cli = Cli::try_parse_from([
+            "apitoken-server",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+            "--tls-client-ca",
+            "ca.pem",
+        ])
+        .expect("parses");
+        let tls = cli
+            .serve
+            .transport
+            .config()
+            .expect("valid")
+            .tls
+            .expect("tls");
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
+
+        for bad in [
+            vec!["apitoken-server", "--tls-cert", "cert.pem"],
+            vec!["apitoken-server", "--tls-client-ca", "ca.pem"],
+            vec![
+                "apitoken-server",
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k",
+                "--plaintext",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+        let cli =
+            Cli::try_parse_from(["apitoken-server", "--max-connections", "0"]).expect("parses");
+        let err = cli.serve.transport.config().expect_err("0 connections");
+        assert!(err.contains("--max-connections"), "{err}");
+        let cli =
+            Cli::try_parse_from(["apitoken-server", "--max-request-size", "1GiB"]).expect("parses");
+        let err = cli.serve.transport.config().expect_err("too large");
+        assert!(
+            err.contains("--max-request-size") && err.contains("67108864"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //! - [`lifecycle`]: the sweeper applying that policy over time.
 //! - [`bootstrap`]: the first owner token, made straight in the database.
 //! - [`telemetry`]: logging setup.
+//! - [`transport`]: the connections: accept loop, TCP_NODELAY, connection
+//!   cap, handshake and idle timeouts, HTTP/2 limits, plaintext policy.
+//! - [`tls`]: TLS and mutual TLS from PEM files, reloaded without restart.
 //!
 //! Errors are `apitoken_domain::Error` throughout and become `tonic::Status`
 //! only through `apitoken_domain::status`.
@@ -39,6 +42,8 @@ pub mod peer;
 pub mod policy;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
+pub mod transport;
 pub mod usage;
 
 pub use app::{App, AppConfig};

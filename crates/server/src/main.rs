@@ -59,6 +59,11 @@ fn store_options(args: &DatabaseArgs) -> StoreOptions {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), StartError> {
+    let transport = args.transport.config().map_err(StartError::Config)?;
+    // Before the database: a refused listener touches nothing.
+    transport
+        .check_listener(args.listen)
+        .map_err(StartError::Config)?;
     let config = AppConfig {
         database_url: args.database.database_url.clone(),
         store: store_options(&args.database),
@@ -104,6 +109,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
                 .unwrap_or(usize::MAX),
             max_streams: usize::try_from(args.max_streams).unwrap_or(usize::MAX),
         },
+        transport,
     };
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::build(config, clock).await?;
