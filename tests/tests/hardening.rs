@@ -32,6 +32,21 @@ backend_tests!(
     caller_address_is_honoured_only_from_interceptors,
 );
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_callers_choose_no_audit_log_sqlite() {
+    unauthenticated_callers_choose_no_audit_log(apitoken_tests::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_callers_choose_no_audit_log_postgres() {
+    unauthenticated_callers_choose_no_audit_log(apitoken_tests::Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_count_only_through_trusted_proxies_sqlite() {
+    forwarded_addresses_count_only_through_trusted_proxies(apitoken_tests::Backend::Sqlite).await;
+}
+
 fn parent() -> String {
     format!("namespaces/{NAMESPACE}")
 }
@@ -718,6 +733,185 @@ async fn caller_address_is_honoured_only_from_interceptors(server: TestServer) {
         .await
         .expect_err("invalid");
     assert_eq!(bad_fields(&status), ["caller_address"]);
+}
+
+/// Audit log entries of `namespace`, as its owner sees them.
+async fn audit_log(server: &TestServer, owner: &str, namespace: &str) -> Vec<v1::AuditEvent> {
+    server
+        .client()
+        .await
+        .list_audit_events(authed(
+            owner,
+            ListAuditEventsRequest {
+                parent: format!("namespaces/{namespace}"),
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .audit_events
+}
+
+async fn unauthenticated_callers_choose_no_audit_log(backend: apitoken_tests::Backend) {
+    let Some(server) = TestServer::start_with(
+        backend,
+        Options {
+            limits: apitoken_server::limits::Limits {
+                failed_auth_per_minute: 3,
+                ..apitoken_tests::generous_limits()
+            },
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let before = audit_log(
+        &server,
+        &server.other_owner,
+        apitoken_tests::OTHER_NAMESPACE,
+    )
+    .await;
+    // Unknown tokens naming team-b's resources, and a namespace that does
+    // not exist, with a chosen request id and a hostile user agent.
+    let unknown = apitoken_domain::token::TokenFormat::default()
+        .generate()
+        .expect("secret")
+        .expose()
+        .to_owned();
+    let mut client = server.client().await;
+    for (attempt, parent) in ["namespaces/team-b", "namespaces/never-made"]
+        .iter()
+        .cycle()
+        .take(10)
+        .enumerate()
+    {
+        let mut request = authed(
+            &unknown,
+            ListApiTokensRequest {
+                parent: (*parent).to_owned(),
+                ..Default::default()
+            },
+        );
+        request.metadata_mut().insert(
+            "x-request-id",
+            format!("attacker-{attempt}").parse().unwrap(),
+        );
+        request
+            .metadata_mut()
+            .insert("user-agent", "evil/1.0".parse().unwrap());
+        let status = client.list_api_tokens(request).await.expect_err("refused");
+        assert!(
+            matches!(
+                status.code(),
+                Code::Unauthenticated | Code::ResourceExhausted
+            ),
+            "{status:?}"
+        );
+    }
+    // Nothing landed in team-b's log, and no namespace was conjured.
+    let after = audit_log(
+        &server,
+        &server.other_owner,
+        apitoken_tests::OTHER_NAMESPACE,
+    )
+    .await;
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    let team_a = audit_log(&server, &server.owner, NAMESPACE).await;
+    assert!(
+        team_a
+            .iter()
+            .all(|event| !event.request_id.starts_with("attacker-")),
+        "{team_a:?}"
+    );
+    // The burst is in the deployment's own log, with the server's request id.
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = server.store.connection();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT namespace, request_id, user_agent FROM audit_events WHERE action = 8",
+        ))
+        .await
+        .expect("query");
+    assert_eq!(rows.len(), 1, "one burst, audited once");
+    let namespace: String = rows[0].try_get("", "namespace").expect("namespace");
+    let request_id: String = rows[0].try_get("", "request_id").expect("request id");
+    assert_eq!(namespace, apitoken_server::auth::DEPLOYMENT_AUDIT);
+    assert!(!request_id.starts_with("attacker-"), "{request_id}");
+    let namespaces = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT DISTINCT namespace FROM audit_events",
+        ))
+        .await
+        .expect("query");
+    assert!(
+        namespaces.iter().all(|row| row
+            .try_get::<String>("", "namespace")
+            .is_ok_and(|namespace| namespace != "never-made")),
+        "no namespace conjured"
+    );
+}
+
+async fn forwarded_addresses_count_only_through_trusted_proxies(backend: apitoken_tests::Backend) {
+    let Some(server) = TestServer::start_with(
+        backend,
+        Options {
+            trusted_proxies: apitoken_server::peer::TrustedProxies::parse("127.0.0.1")
+                .expect("proxies"),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (_, secret) = server.create("proxied", Role::Viewer).await;
+    let mut request = tonic::Request::new(VerifyApiTokenRequest {
+        secret: secret.clone(),
+        caller_address: String::new(),
+    });
+    // The client forged the leftmost entry; the proxy (loopback, trusted)
+    // appended the address it saw.
+    request.metadata_mut().insert(
+        "x-forwarded-for",
+        "203.0.113.66, 198.51.100.20".parse().unwrap(),
+    );
+    server
+        .client()
+        .await
+        .verify_api_token(request)
+        .await
+        .expect("verify");
+    server.wait_for_usage(&["proxied"]).await;
+    assert_eq!(get(&server, "proxied").await.last_use_ip, "198.51.100.20");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_are_ignored_from_untrusted_peers() {
+    let server = TestServer::start(apitoken_tests::Backend::Sqlite)
+        .await
+        .expect("sqlite");
+    let (_, secret) = server.create("direct", Role::Viewer).await;
+    let mut request = tonic::Request::new(VerifyApiTokenRequest {
+        secret,
+        caller_address: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", "198.51.100.20".parse().unwrap());
+    server
+        .client()
+        .await
+        .verify_api_token(request)
+        .await
+        .expect("verify");
+    server.wait_for_usage(&["direct"]).await;
+    assert_eq!(get(&server, "direct").await.last_use_ip, "127.0.0.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
