@@ -28,6 +28,9 @@ backend_tests!(
     stream_resumes_after_apitoken_restarts,
     cached_calls_are_counted_as_usage,
     a_pruned_cursor_makes_the_interceptor_start_over,
+    the_outage_policy_serves_verified_tokens_for_its_grace_only,
+    a_refused_watch_credential_is_reported,
+    handlers_see_display_name_and_labels,
 );
 
 fn token_name(id: &str) -> String {
@@ -535,5 +538,125 @@ async fn a_pruned_cursor_makes_the_interceptor_start_over(mut server: TestServer
         .await
         .expect_err("revoked");
     assert_eq!(reason(&status), "TOKEN_REVOKED");
+    example.stop().await;
+}
+
+async fn the_outage_policy_serves_verified_tokens_for_its_grace_only(mut server: TestServer) {
+    // Opt in: tokens already verified are served for 3 s past the
+    // staleness bound (2 s) once apitoken is gone.
+    let settings = apitoken_interceptor::Settings {
+        outage_grace: Some(Duration::from_secs(3)),
+        ..fast_settings()
+    };
+    let example = ExampleService::start(&server, settings).await;
+    let mut client = example.client().await;
+    let (_, cached) = server.create("survivor", Role::Viewer).await;
+    let (_, uncached) = server.create("stranger", Role::Viewer).await;
+    client
+        .list_items(authed(&cached, list()))
+        .await
+        .expect("cached");
+    server.stop_in_place().await;
+    // Past the staleness bound, within the grace: still served...
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!example.auth.is_fresh(NAMESPACE));
+    client
+        .list_items(authed(&cached, list()))
+        .await
+        .expect("served under the outage policy");
+    assert!(example.auth.stats().outage_hits >= 1);
+    // ...but a token never verified still fails closed.
+    let status = client
+        .list_items(authed(&uncached, list()))
+        .await
+        .expect_err("fail closed");
+    assert_eq!(status.code(), Code::Unavailable);
+    // Past the grace: fail closed for everyone.
+    let cached_secret = cached.clone();
+    within(Duration::from_secs(5), "the grace ends", async || {
+        matches!(
+            client.list_items(authed(&cached_secret, list())).await,
+            Err(status) if status.code() == Code::Unavailable
+        )
+    })
+    .await;
+    server.restart().await;
+    example.stop().await;
+}
+
+async fn a_refused_watch_credential_is_reported(server: TestServer) {
+    let example = ExampleService::start(&server, fast_settings()).await;
+    // Revoke the service's own credential: the stream ends, reopening it is
+    // refused, and that is counted (and logged as an error), not retried in
+    // silence.
+    let watcher = server
+        .client()
+        .await
+        .list_api_tokens(authed(
+            &server.owner,
+            apitoken_tests::v1::ListApiTokensRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                filter: "state = active".into(),
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .api_tokens
+        .into_iter()
+        .find(|token| token.interceptor)
+        .expect("the service's credential");
+    server
+        .client()
+        .await
+        .revoke_api_token(authed(
+            &server.owner,
+            RevokeApiTokenRequest { name: watcher.name },
+        ))
+        .await
+        .expect("revoke");
+    within(
+        Duration::from_secs(5),
+        "the refusal is counted",
+        async || example.auth.stats().credential_refusals >= 1,
+    )
+    .await;
+    assert!(
+        example
+            .auth
+            .credential_refused(NAMESPACE)
+            .is_some_and(|why| why.contains("TOKEN_REVOKED")),
+        "{:?}",
+        example.auth.credential_refused(NAMESPACE)
+    );
+    example.stop().await;
+}
+
+async fn handlers_see_display_name_and_labels(server: TestServer) {
+    let example = ExampleService::start(&server, fast_settings()).await;
+    let (_, secret) = server
+        .create_token(
+            NAMESPACE,
+            &server.owner,
+            "labelled",
+            apitoken_tests::v1::ApiToken {
+                role: Role::Editor.to_proto().into(),
+                display_name: "Nightly job".into(),
+                labels: [("env".to_owned(), "prod".to_owned())].into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    let me = example
+        .client()
+        .await
+        .who_am_i(authed(&secret, WhoAmIRequest {}))
+        .await
+        .expect("who am i")
+        .into_inner();
+    assert_eq!(me.display_name, "Nightly job");
+    assert_eq!(me.labels.get("env").map(String::as_str), Some("prod"));
     example.stop().await;
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use apitoken_domain::Role;
 use apitoken_server::policy::Policy;
 use apitoken_tests::{
-    NAMESPACE, Options, Replica, TestServer, authed, postgres_tests, reason,
+    Backend, NAMESPACE, Options, Replica, TestServer, authed, reason,
     v1::{
         ApiToken, GetApiTokenRequest, RegenerateApiTokenRequest, RevokeApiTokenRequest,
         UpdateApiTokenRequest, VerifyApiTokenRequest, WatchApiTokenEventsRequest,
@@ -20,7 +20,32 @@ use apitoken_tests::{
 };
 use tonic::Code;
 
-postgres_tests!(
+/// Runs each test on PostgreSQL, one at a time (they measure propagation
+/// delays), with the fallback poll slowed to 10 s: only the push
+/// (`LISTEN/NOTIFY`) can make a change visible quickly.
+macro_rules! replica_tests {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let _one_at_a_time = super::SERIAL.lock().await;
+                    let mut options = super::Options::default();
+                    options.events.poll_interval = std::time::Duration::from_secs(10);
+                    if let Some(server) =
+                        super::TestServer::start_with(super::Backend::Postgres, options).await
+                    {
+                        super::$name(server).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+replica_tests!(
     a_revocation_reaches_the_other_replica_within_100ms,
     a_creation_reaches_the_other_replica,
     regeneration_and_grace_end_reach_the_other_replica,
@@ -32,6 +57,10 @@ postgres_tests!(
 
 /// The bound the product promises for a change made through another replica.
 const PROPAGATION: Duration = Duration::from_millis(100);
+/// The bound each single observation must meet even on a loaded machine
+/// (the fallback poll is 10 s in these tests, so anything quicker is the
+/// push at work).
+const HARD: Duration = Duration::from_secs(1);
 
 fn name(id: &str) -> String {
     format!("namespaces/{NAMESPACE}/apitokens/{id}")
@@ -66,12 +95,12 @@ async fn within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> boo
 
 async fn a_revocation_reaches_the_other_replica_within_100ms(server: TestServer) {
     let other = server.replica().await;
-    let mut slowest = Duration::ZERO;
-    for round in 0..5 {
+    let mut delays = Vec::new();
+    for round in 0..9 {
         let id = format!("revoked-{round}");
         let (_, secret) = server.create(&id, Role::Viewer).await;
         within(
-            PROPAGATION,
+            HARD,
             "created token known on the other replica",
             async || verify(&other, &secret).await.is_ok(),
         )
@@ -85,20 +114,28 @@ async fn a_revocation_reaches_the_other_replica_within_100ms(server: TestServer)
             ))
             .await
             .expect("revoke");
-        let took = within(
-            PROPAGATION,
-            "revocation refused by the other replica",
-            async || {
-                verify(&other, &secret)
-                    .await
-                    .is_err_and(|status| reason(&status) == "TOKEN_REVOKED")
-            },
-        )
-        .await;
-        slowest = slowest.max(took);
+        delays.push(
+            within(
+                HARD,
+                "revocation refused by the other replica",
+                async || {
+                    verify(&other, &secret)
+                        .await
+                        .is_err_and(|status| reason(&status) == "TOKEN_REVOKED")
+                },
+            )
+            .await,
+        );
     }
+    delays.sort();
+    let median = delays[delays.len() / 2];
     eprintln!(
-        "revocation through replica A refused by replica B within {slowest:?} (slowest of 5)"
+        "revocation through replica A refused by replica B: median {median:?}, slowest {:?} (9 rounds)",
+        delays[delays.len() - 1]
+    );
+    assert!(
+        median < PROPAGATION,
+        "median propagation {median:?} over {PROPAGATION:?}: {delays:?}"
     );
     other.stop().await;
 }
@@ -106,11 +143,9 @@ async fn a_revocation_reaches_the_other_replica_within_100ms(server: TestServer)
 async fn a_creation_reaches_the_other_replica(server: TestServer) {
     let other = server.replica().await;
     let (_, secret) = server.create("fresh", Role::Editor).await;
-    within(
-        PROPAGATION,
-        "a new token works on the other replica",
-        async || verify(&other, &secret).await.is_ok(),
-    )
+    within(HARD, "a new token works on the other replica", async || {
+        verify(&other, &secret).await.is_ok()
+    })
     .await;
     // And it authenticates calls there (Get is served from memory).
     let token = other
@@ -148,7 +183,7 @@ async fn regeneration_and_grace_end_reach_the_other_replica(server: TestServer) 
         .into_inner()
         .secret;
     within(
-        PROPAGATION,
+        HARD,
         "old secret refused by the other replica",
         async || {
             verify(&other, &old)
@@ -158,7 +193,7 @@ async fn regeneration_and_grace_end_reach_the_other_replica(server: TestServer) 
     )
     .await;
     within(
-        PROPAGATION,
+        HARD,
         "new secret accepted by the other replica",
         async || verify(&other, &new).await.is_ok(),
     )
@@ -184,13 +219,13 @@ async fn regeneration_and_grace_end_reach_the_other_replica(server: TestServer) 
         .into_inner()
         .secret;
     within(
-        PROPAGATION,
+        HARD,
         "newest secret known on the other replica",
         async || verify(&other, &newer).await.is_ok(),
     )
     .await;
     let first = server.replica().await;
-    within(PROPAGATION, "grace ended everywhere", async || {
+    within(HARD, "grace ended everywhere", async || {
         verify(&first, &new)
             .await
             .is_err_and(|status| reason(&status) == "TOKEN_INVALID")
@@ -203,7 +238,7 @@ async fn regeneration_and_grace_end_reach_the_other_replica(server: TestServer) 
 async fn role_lowering_reaches_the_other_replica(server: TestServer) {
     let other = server.replica().await;
     let (_, secret) = server.create("lowered", Role::Owner).await;
-    within(PROPAGATION, "known", async || {
+    within(HARD, "known", async || {
         verify(&other, &secret).await.is_ok()
     })
     .await;
@@ -226,7 +261,7 @@ async fn role_lowering_reaches_the_other_replica(server: TestServer) {
         .await
         .expect("lower");
     within(
-        PROPAGATION,
+        HARD,
         "the lower role applies on the other replica",
         async || {
             // An owner-only call through the other replica is now denied.
@@ -280,7 +315,7 @@ async fn purge_and_reuse_reach_the_other_replica(server: TestServer) {
             .is_err_and(|status| status.code() == Code::NotFound)
     })
     .await;
-    within(PROPAGATION, "purged on the other replica", async || {
+    within(HARD, "purged on the other replica", async || {
         verify(&other, &secret)
             .await
             .is_err_and(|status| reason(&status) == "TOKEN_INVALID")
@@ -289,7 +324,7 @@ async fn purge_and_reuse_reach_the_other_replica(server: TestServer) {
     // The id is free: a new token of that name works on both.
     let (_, reused) = server.create("recycled", Role::Viewer).await;
     within(
-        PROPAGATION,
+        HARD,
         "the reused name works on the other replica",
         async || verify(&other, &reused).await.is_ok(),
     )
@@ -369,7 +404,9 @@ async fn event_streams_of_one_replica_carry_the_others_changes(server: TestServe
 }
 
 #[test]
-fn options_share_the_clock() {
-    // Replicas reuse the test server's options and manual clock.
-    let _ = Options::default();
+fn the_fallback_poll_is_slow_in_these_tests() {
+    // Replicas reuse the test server's options (and manual clock); the
+    // macro slows the poll so that only the push can be quick.
+    assert!(Options::default().events.poll_interval < Duration::from_secs(10));
+    let _ = Backend::Postgres;
 }

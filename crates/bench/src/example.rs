@@ -83,13 +83,17 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        request.extensions_mut().insert(Principal {
-            name: TokenName::from_stored(NAMESPACE, "fixed"),
-            uid: "00000000-0000-4000-8000-000000000000".to_owned(),
-            role: Role::Viewer,
-            expire_time: None,
-            interceptor: false,
-        });
+        request
+            .extensions_mut()
+            .insert(std::sync::Arc::new(Principal {
+                name: TokenName::from_stored(NAMESPACE, "fixed"),
+                uid: "00000000-0000-4000-8000-000000000000".to_owned(),
+                role: Role::Viewer,
+                expire_time: None,
+                interceptor: false,
+                display_name: String::new(),
+                labels: Default::default(),
+            }));
         self.inner.call(request)
     }
 }

@@ -1,5 +1,7 @@
 //! The authenticated caller and the authorization checks made on it.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use crate::{DenyReason, Error, Role, name::TokenName};
@@ -18,6 +20,14 @@ pub struct Principal {
     /// The token belongs to an interceptor or proxy (may report usage and
     /// name the address of the calls it verifies).
     pub interceptor: bool,
+    /// The token's display name, as apitoken returned it with the
+    /// verification (what an interceptor hands its handlers). Empty in the
+    /// apitoken server's own handlers, which authorize from memory and never
+    /// read it.
+    pub display_name: String,
+    /// The token's labels, likewise (e.g. `env=prod`, for handlers that
+    /// decide by them); empty in the apitoken server's own handlers.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Principal {
@@ -87,6 +97,8 @@ mod tests {
             role,
             expire_time: None,
             interceptor: false,
+            display_name: String::new(),
+            labels: BTreeMap::new(),
         }
     }
 

@@ -23,7 +23,12 @@ use crate::{AuthFailure, Error};
 /// credentials with this one function.
 pub fn bearer_secret(metadata: &MetadataMap) -> Result<Secret, AuthFailure> {
     let value = metadata.get("authorization").ok_or(AuthFailure::Missing)?;
-    let value = value.to_str().map_err(|_| AuthFailure::Malformed)?.trim();
+    parse_bearer(value.to_str().map_err(|_| AuthFailure::Malformed)?)
+}
+
+/// The secret of an `authorization` header value (`Bearer <secret>`).
+pub fn parse_bearer(value: &str) -> Result<Secret, AuthFailure> {
+    let value = value.trim();
     let (scheme, secret) = value.split_once(' ').ok_or(AuthFailure::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthFailure::Malformed);

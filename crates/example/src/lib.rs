@@ -103,6 +103,12 @@ impl InventoryService for Inventory {
         Ok(Response::new(pb::WhoAmIResponse {
             api_token: principal.name.to_string(),
             role: principal.role.to_string(),
+            display_name: principal.display_name.clone(),
+            labels: principal
+                .labels
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         }))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use std::net::IpAddr;
@@ -12,11 +12,10 @@ use apitoken_domain::{
     DenyReason, Error, Principal, Role,
     clock::SharedClock,
     ratelimit::{Decision, FailureOutcome, FailureThrottle, RateLimiter, Scope},
-    token::{Secret, TokenFormat, bearer_secret},
+    token::{Secret, TokenFormat},
 };
 use tokio::{sync::watch, time::Instant};
-use tonic::metadata::MetadataMap;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::{
     cache::{CacheKey, Entry, TokenCache},
@@ -41,6 +40,10 @@ pub struct Stats {
     pub unavailable: AtomicU64,
     /// Token events received.
     pub invalidations: AtomicU64,
+    /// Calls served from the cache under the outage policy.
+    pub outage_hits: AtomicU64,
+    /// Times apitoken refused this service's own credential.
+    pub credential_refusals: AtomicU64,
 }
 
 /// A copy of [`Stats`].
@@ -56,6 +59,10 @@ pub struct StatsSnapshot {
     pub unavailable: u64,
     /// Token events received.
     pub invalidations: u64,
+    /// Calls served from the cache under the outage policy.
+    pub outage_hits: u64,
+    /// Times apitoken refused this service's own credential.
+    pub credential_refusals: u64,
 }
 
 /// State shared by the layers and background tasks of one [`ApiTokenAuth`].
@@ -72,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     pub(crate) limiter: RateLimiter,
     pub(crate) throttle: FailureThrottle,
+    /// Whether cached tokens are being served under the outage policy.
+    pub(crate) outage: AtomicBool,
 }
 
 /// The decision for one call, with the rate-limit figures for its headers.
@@ -79,7 +88,7 @@ pub(crate) struct Shared {
 pub(crate) struct Verdict {
     /// `None` for a public method, the caller for an allowed one, the error
     /// the caller gets otherwise.
-    pub(crate) result: Result<Option<Principal>, Error>,
+    pub(crate) result: Result<Option<Arc<Principal>>, Error>,
     /// The rate-limit decision, once the token was known.
     pub(crate) decision: Option<Decision>,
 }
@@ -153,6 +162,7 @@ impl ApiTokenAuth {
                 Arc::clone(&builder.clock),
                 builder.settings.failed_auth_per_minute,
             ),
+            outage: AtomicBool::new(false),
         });
         let (stop, stopped) = watch::channel(false);
         for index in 0..shared.namespaces.len() {
@@ -179,6 +189,8 @@ impl ApiTokenAuth {
             local_refusals: stats.local_refusals.load(Ordering::Relaxed),
             unavailable: stats.unavailable.load(Ordering::Relaxed),
             invalidations: stats.invalidations.load(Ordering::Relaxed),
+            outage_hits: stats.outage_hits.load(Ordering::Relaxed),
+            credential_refusals: stats.credential_refusals.load(Ordering::Relaxed),
         }
     }
 
@@ -199,6 +211,17 @@ impl ApiTokenAuth {
             })
     }
 
+    /// Why apitoken refuses this service's credential for `namespace`, if
+    /// it does (also logged as an error and counted in
+    /// [`StatsSnapshot::credential_refusals`]).
+    pub fn credential_refused(&self, namespace: &str) -> Option<String> {
+        self.shared
+            .namespaces
+            .iter()
+            .find(|watch| watch.namespace() == namespace)
+            .and_then(NamespaceWatch::credential_refused)
+    }
+
     /// Reports pending usage now (it is also reported periodically and when
     /// the last handle is dropped).
     pub async fn flush_usage(&self) {
@@ -213,40 +236,86 @@ impl Shared {
             .find(|watch| watch.namespace() == namespace)
     }
 
-    /// The decision for one call to `path` from `peer`.
-    pub(crate) async fn authenticate(
+    /// The decision for one call to `path` from `peer`, as far as it can be
+    /// made without waiting: public methods, local refusals, and tokens
+    /// answered from the cache (the hot path: no allocation but the shared
+    /// principal's reference count, no `await`). A token that needs a
+    /// verification comes back as [`Step::Verify`].
+    pub(crate) fn decide(
         &self,
         path: &str,
-        metadata: &MetadataMap,
+        headers: &http::HeaderMap,
         peer: Option<IpAddr>,
-    ) -> Verdict {
+    ) -> Step {
         let required = match self.policy.requirement(path) {
-            Requirement::Public => {
-                return Verdict {
-                    result: Ok(None),
-                    decision: None,
-                };
-            }
+            Requirement::Public => return Step::Done(Verdict::public()),
             Requirement::Role(role) => role,
         };
-        let verified = match self.identify(metadata, peer).await {
-            Ok(verified) => verified,
-            Err(error) => {
-                let error = match error {
-                    Error::Unauthenticated(_) => self.failed(error, peer),
-                    other => other,
-                };
-                return Verdict {
-                    result: Err(error),
-                    decision: None,
-                };
-            }
+        let local = |error: Error| {
+            self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
+            Step::Done(Verdict::refused(self.failed(error, peer)))
         };
+        let secret = match bearer_secret_of(headers) {
+            Ok(secret) => secret,
+            Err(failure) => return local(Error::Unauthenticated(failure)),
+        };
+        let secret = match self.format.parse(secret) {
+            Ok(secret) => secret,
+            Err(error) => return local(error),
+        };
+        let key = self.cache.key_for(&secret);
+        let now = Instant::now();
+        if let Some(error) = self.cache.refusal(&key, now) {
+            return local(error);
+        }
+        match self.cached(&key, now) {
+            Err(error) => local(error),
+            // A token known good works even from a throttled address.
+            Ok(Some(verified)) => {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.usage
+                    .record(&verified.principal, self.clock.now(), peer);
+                Step::Done(self.admit(verified, required))
+            }
+            Ok(None) => {
+                // An unknown one from a throttled address is not worth a
+                // verification: that is what the throttle spares apitoken.
+                if let Some(peer) = peer
+                    && let Some(wait) = self.throttle.blocked(peer)
+                {
+                    self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
+                    return Step::Done(Verdict::refused(self.throttled(peer, Some(wait))));
+                }
+                Step::Verify(Pending {
+                    key,
+                    secret,
+                    required,
+                })
+            }
+        }
+    }
+
+    /// The decision for a token that needed a verification.
+    pub(crate) async fn verify_and_decide(
+        &self,
+        pending: Pending,
+        headers: &http::HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Verdict {
+        match self
+            .verify(pending.key, &pending.secret, headers, peer)
+            .await
+        {
+            Ok(verified) => self.admit(verified, pending.required),
+            Err(error @ Error::Unauthenticated(_)) => Verdict::refused(self.failed(error, peer)),
+            Err(error) => Verdict::refused(error),
+        }
+    }
+
+    /// Authorizes a verified token for `required` and applies its limits.
+    fn admit(&self, verified: Verified, required: Role) -> Verdict {
         if let Err(error) = self.authorize(&verified.principal, required) {
-            return Verdict {
-                result: Err(error),
-                decision: None,
-            };
+            return Verdict::refused(error);
         }
         let principal = verified.principal;
         let namespace = principal.namespace();
@@ -280,52 +349,13 @@ impl Shared {
         }
     }
 
-    /// The token behind the call's credentials: from the cache, or verified.
-    async fn identify(
-        &self,
-        metadata: &MetadataMap,
-        peer: Option<IpAddr>,
-    ) -> Result<Verified, Error> {
-        let local = |error: Error| {
-            self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
-            error
-        };
-        let secret =
-            bearer_secret(metadata).map_err(|failure| local(Error::Unauthenticated(failure)))?;
-        let secret = self.format.parse(secret).map_err(local)?;
-        let key = self.cache.key_for(&secret);
-        let now = Instant::now();
-        if let Some(error) = self.cache.refusal(&key, now) {
-            return Err(local(error));
-        }
-        match self.cached(&key, now).map_err(local)? {
-            // A token known good works even from a throttled address.
-            Some(verified) => {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                self.usage.record(
-                    &verified.principal,
-                    self.clock.now(),
-                    peer.map(|ip| ip.to_string()),
-                );
-                Ok(verified)
-            }
-            None => {
-                // An unknown one from a throttled address is not worth a
-                // verification: that is what the throttle spares apitoken.
-                if let Some(peer) = peer
-                    && let Some(wait) = self.throttle.blocked(peer)
-                {
-                    return Err(local(self.throttled(peer, Some(wait))));
-                }
-                self.verify(key, &secret, metadata, peer).await
-            }
-        }
-    }
-
     /// Counts a failed authentication against `peer`; a burst is logged
     /// once. Past the budget the caller gets `RESOURCE_EXHAUSTED` instead.
     fn failed(&self, error: Error, peer: Option<IpAddr>) -> Error {
-        info!(peer = ?peer, "authentication failed");
+        if !matches!(error, Error::Unauthenticated(_)) {
+            return error;
+        }
+        debug!(peer = ?peer, "authentication failed");
         let Some(peer) = peer else {
             return error;
         };
@@ -351,17 +381,38 @@ impl Shared {
     }
 
     /// A cached token that may be trusted: verified within `cache_ttl`, its
-    /// namespace's stream fresh, and not expired (that is refused locally).
+    /// namespace's stream fresh (or, with the outage policy, silent for no
+    /// longer than the staleness bound plus the grace), and not expired
+    /// (that is refused locally).
     fn cached(&self, key: &CacheKey, now: Instant) -> Result<Option<Verified>, Error> {
         let Some(entry) = self.cache.get(key) else {
             return Ok(None);
         };
-        let trusted = now.saturating_duration_since(entry.verified_at) < self.settings.cache_ttl
-            && self
-                .watch(entry.principal.namespace())
-                .is_some_and(|watch| watch.is_fresh(now, self.settings.staleness_bound));
-        if !trusted {
+        if now.saturating_duration_since(entry.verified_at) >= self.settings.cache_ttl {
             return Ok(None);
+        }
+        let Some(watch) = self.watch(entry.principal.namespace()) else {
+            return Ok(None);
+        };
+        let silence = watch.silent_for(now);
+        let fresh = silence.is_some_and(|silence| silence < self.settings.staleness_bound);
+        if !fresh {
+            let within_grace = self.settings.outage_grace.is_some_and(|grace| {
+                silence.is_some_and(|silence| silence < self.settings.staleness_bound + grace)
+            });
+            if !within_grace {
+                return Ok(None);
+            }
+            if self.stats.outage_hits.fetch_add(1, Ordering::Relaxed) == 0
+                || !self.outage.swap(true, Ordering::Relaxed)
+            {
+                warn!(
+                    namespace = watch.namespace(),
+                    "apitoken's event stream is down: serving tokens already verified (outage policy); revocations are not seen until it is back"
+                );
+            }
+        } else {
+            self.outage.store(false, Ordering::Relaxed);
         }
         let ends = entry.secret_expire_time.or(entry.principal.expire_time);
         if ends.is_some_and(|end| end <= self.clock.now()) {
@@ -391,7 +442,7 @@ impl Shared {
         &self,
         key: CacheKey,
         secret: &apitoken_domain::token::WellFormed,
-        metadata: &MetadataMap,
+        headers: &http::HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<Verified, Error> {
         let generations: Vec<u64> = self
@@ -399,7 +450,7 @@ impl Shared {
             .iter()
             .map(NamespaceWatch::generation)
             .collect();
-        let (outcome, initiated) = self.verifier.verify(key, secret, metadata, peer).await;
+        let (outcome, initiated) = self.verifier.verify(key, secret, headers, peer).await;
         if initiated {
             self.stats.verifications.fetch_add(1, Ordering::Relaxed);
         }
@@ -416,7 +467,7 @@ impl Shared {
                         self.cache.insert(
                             key,
                             Entry {
-                                principal: principal.clone(),
+                                principal: Arc::clone(principal),
                                 token_limit: verified.token_limit,
                                 namespace_limit: verified.namespace_limit,
                                 secret_expire_time: verified.secret_expire_time,
@@ -439,8 +490,7 @@ impl Shared {
                 }
                 if !initiated {
                     // apitoken counted the one call it got; count the others.
-                    self.usage
-                        .record(principal, self.clock.now(), peer.map(|ip| ip.to_string()));
+                    self.usage.record(principal, self.clock.now(), peer);
                 }
                 Ok(verified)
             }
@@ -461,6 +511,49 @@ impl Shared {
             return Err(namespace_refusal(principal));
         }
         principal.authorize(principal.namespace(), required)
+    }
+}
+
+/// The bearer secret of a request's headers (the one parsing rule of
+/// [`apitoken_domain::token::parse_bearer`], read without copying the
+/// headers).
+fn bearer_secret_of(headers: &http::HeaderMap) -> Result<Secret, apitoken_domain::AuthFailure> {
+    use apitoken_domain::AuthFailure;
+    let value = headers.get("authorization").ok_or(AuthFailure::Missing)?;
+    let value = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+    apitoken_domain::token::parse_bearer(value)
+}
+
+/// What a call waits for when its token is not in the cache.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    key: CacheKey,
+    secret: apitoken_domain::token::WellFormed,
+    required: Role,
+}
+
+/// How far [`Shared::decide`] got.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Decided.
+    Done(Verdict),
+    /// The token must be verified first.
+    Verify(Pending),
+}
+
+impl Verdict {
+    fn public() -> Self {
+        Verdict {
+            result: Ok(None),
+            decision: None,
+        }
+    }
+
+    fn refused(error: Error) -> Self {
+        Verdict {
+            result: Err(error),
+            decision: None,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, RwLock},
 };
 
 use apitoken_domain::{Error, Principal, token::WellFormed};
@@ -14,11 +14,11 @@ use tokio::time::Instant;
 /// The cache key of a secret.
 pub type CacheKey = [u8; 32];
 
-/// A verified token.
+/// A verified token. Cheap to clone (the principal is shared).
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The token.
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
     /// Its rate limit, requests a minute.
     pub token_limit: u32,
     /// Its namespace's aggregate limit, requests a minute.
@@ -41,7 +41,7 @@ struct Refusal {
 pub struct TokenCache {
     key: [u8; 32],
     capacity: usize,
-    entries: Mutex<HashMap<CacheKey, Entry>>,
+    entries: RwLock<HashMap<CacheKey, Entry>>,
     refusals: Mutex<HashMap<CacheKey, Refusal>>,
 }
 
@@ -55,7 +55,7 @@ impl TokenCache {
         Ok(Self {
             key,
             capacity: capacity.max(1),
-            entries: Mutex::new(HashMap::new()),
+            entries: RwLock::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
         })
     }
@@ -68,7 +68,7 @@ impl TokenCache {
     /// The cached token, if any.
     pub fn get(&self, key: &CacheKey) -> Option<Entry> {
         self.entries
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
             .cloned()
@@ -77,7 +77,7 @@ impl TokenCache {
     /// Caches a verified token, evicting the least recently verified one
     /// when full.
     pub fn insert(&self, key: CacheKey, entry: Entry) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= self.capacity && !entries.contains_key(&key) {
             let oldest = entries
                 .iter()
@@ -93,14 +93,14 @@ impl TokenCache {
     /// Forgets a token.
     pub fn remove(&self, key: &CacheKey) {
         self.entries
-            .lock()
+            .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
     }
 
     /// Forgets every cached secret of the token `uid`; returns how many.
     pub fn invalidate_uid(&self, uid: &str) -> usize {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         let before = entries.len();
         entries.retain(|_, entry| entry.principal.uid != uid);
         before - entries.len()
@@ -109,7 +109,7 @@ impl TokenCache {
     /// Forgets every cached token of `namespace`.
     pub fn clear_namespace(&self, namespace: &str) {
         self.entries
-            .lock()
+            .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, entry| entry.principal.namespace() != namespace);
     }
@@ -117,7 +117,7 @@ impl TokenCache {
     /// How many tokens are cached.
     pub fn len(&self) -> usize {
         self.entries
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
@@ -162,14 +162,16 @@ mod tests {
 
     use super::*;
 
-    fn principal(uid: &str, namespace: &str) -> Principal {
-        Principal {
+    fn principal(uid: &str, namespace: &str) -> Arc<Principal> {
+        Arc::new(Principal {
             name: TokenName::from_stored(namespace, uid),
             uid: uid.to_owned(),
             role: Role::Viewer,
             expire_time: None,
             interceptor: false,
-        }
+            display_name: String::new(),
+            labels: Default::default(),
+        })
     }
 
     fn key(cache: &TokenCache) -> CacheKey {

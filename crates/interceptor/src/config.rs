@@ -97,9 +97,23 @@ pub struct Settings {
     pub usage_report_interval: Duration,
     /// Longest wait between attempts to reopen an event stream.
     pub max_reconnect_backoff: Duration,
-    /// Failed authentications a minute per peer address; past it the peer
-    /// is refused (`RESOURCE_EXHAUSTED`) before any check.
+    /// Failed authentications a minute per peer address; past it further
+    /// failures are `RESOURCE_EXHAUSTED`, and a token not in the cache is
+    /// refused without asking apitoken (tokens known good keep working).
     pub failed_auth_per_minute: u32,
+    /// How long to wait before asking again when apitoken refuses the
+    /// service's own credential (logged as an error).
+    pub credential_retry: Duration,
+    /// The outage policy. `None` (the default) fails closed: once a
+    /// namespace's event stream has been silent for `staleness_bound`, no
+    /// cached token is trusted and every call is verified (and refused with
+    /// `UNAVAILABLE` if apitoken cannot answer). `Some(grace)`: tokens
+    /// already verified keep being served from the cache for up to `grace`
+    /// more (never past `cache_ttl` or their own expiry), so an apitoken
+    /// outage shorter than that does not stop the service; revocations made
+    /// during it are not seen until the stream is back. Each call served so
+    /// is counted (`StatsSnapshot::outage_hits`) and logged once per outage.
+    pub outage_grace: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -113,6 +127,8 @@ impl Default for Settings {
             usage_report_interval: Duration::from_secs(2),
             max_reconnect_backoff: Duration::from_secs(2),
             failed_auth_per_minute: 20,
+            credential_retry: Duration::from_secs(30),
+            outage_grace: None,
         }
     }
 }
@@ -196,6 +212,8 @@ impl AuthBuilder {
     }
 
     /// The clock used for expiry (tests share the server's manual clock).
+    /// A test hook: not part of the documented API.
+    #[doc(hidden)]
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self

@@ -3,6 +3,11 @@
 //! extensions) or the refusal as a gRPC status. One tracing span per
 //! authentication records the method, the token's name and the outcome,
 //! never the secret.
+//!
+//! The hot path — a token answered from the cache — is decided without
+//! waiting and without boxing: the call goes straight to the inner service,
+//! and only the rate-limit headers are added to its response. A token that
+//! needs a verification takes the slow path (one boxed future per call).
 
 use std::{
     future::Future,
@@ -13,14 +18,11 @@ use std::{
 
 use apitoken_domain::ratelimit::Decision;
 use apitoken_domain::{Error, Principal};
-use tonic::{Status, metadata::MetadataMap};
+use tonic::Status;
 use tower::{Layer, Service};
-use tracing::{Instrument, field::Empty, info_span};
+use tracing::{Instrument, Span, field::Empty, info_span};
 
-use crate::{
-    auth::{Shared, StopOnDrop},
-    verifier::TRACE_HEADERS,
-};
+use crate::auth::{Shared, Step, StopOnDrop, Verdict};
 
 /// Adds authentication to a service (see [`crate::ApiTokenAuth::layer`]).
 #[derive(Debug, Clone)]
@@ -55,18 +57,7 @@ pub struct ApiTokenService<S> {
     _stop: Arc<StopOnDrop>,
 }
 
-/// The metadata authentication reads: credentials and trace context only.
-fn relevant_metadata(headers: &http::HeaderMap) -> MetadataMap {
-    let mut picked = http::HeaderMap::new();
-    for name in std::iter::once("authorization").chain(TRACE_HEADERS) {
-        if let Some(value) = headers.get(name) {
-            picked.insert(name, value.clone());
-        }
-    }
-    MetadataMap::from_headers(picked)
-}
-
-fn outcome(result: &Result<Option<Principal>, Error>) -> &'static str {
+fn outcome(result: &Result<Option<Arc<Principal>>, Error>) -> &'static str {
     match result {
         Ok(Some(_)) => "allowed",
         Ok(None) => "public",
@@ -81,9 +72,110 @@ fn outcome(result: &Result<Option<Principal>, Error>) -> &'static str {
 /// Adds `x-ratelimit-limit`, `x-ratelimit-remaining` and
 /// `x-ratelimit-reset` (Unix seconds), as the apitoken server does.
 fn add_rate_headers(headers: &mut http::HeaderMap, decision: &Decision) {
-    for (name, value) in decision.headers() {
-        if let Ok(value) = http::HeaderValue::from_str(&value) {
-            headers.insert(name, value);
+    headers.insert("x-ratelimit-limit", decision.limit.into());
+    headers.insert("x-ratelimit-remaining", decision.remaining.into());
+    headers.insert("x-ratelimit-reset", decision.reset_unix.into());
+}
+
+mod future {
+    //! The response future (its fields are the enum's own business).
+    #![allow(missing_docs)]
+
+    use std::{future::Future, pin::Pin};
+
+    use apitoken_domain::ratelimit::Decision;
+    use pin_project_lite::pin_project;
+
+    pin_project! {
+        /// The response future of [`super::ApiTokenService`]: decided at
+        /// once (the inner call, then the rate-limit headers), refused at
+        /// once, or a verification first.
+        #[project = AuthFutureProj]
+        pub enum AuthFuture<F, R, E> {
+            Inner {
+                #[pin]
+                future: F,
+                decision: Option<Decision>,
+            },
+            Refused {
+                response: Option<R>,
+            },
+            Verifying {
+                future: Pin<Box<dyn Future<Output = Result<R, E>> + Send>>,
+            },
+        }
+    }
+}
+
+pub use future::AuthFuture;
+use future::AuthFutureProj;
+
+impl<F, ResBody, E> Future for AuthFuture<F, http::Response<ResBody>, E>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthFutureProj::Inner { future, decision } => {
+                let mut response = std::task::ready!(future.poll(cx))?;
+                if let Some(decision) = decision {
+                    add_rate_headers(response.headers_mut(), decision);
+                }
+                Poll::Ready(Ok(response))
+            }
+            AuthFutureProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            AuthFutureProj::Verifying { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The span of one authentication (nothing is formatted unless a
+/// subscriber wants it).
+fn span(path: &str) -> Span {
+    info_span!(
+        "apitoken.authenticate",
+        method = path,
+        token = Empty,
+        outcome = Empty
+    )
+}
+
+/// Applies a verdict: the inner call with the principal, or the refusal.
+fn apply<S, B, ResBody>(
+    inner: &mut S,
+    mut request: http::Request<B>,
+    verdict: Verdict,
+    span: &Span,
+) -> AuthFuture<S::Future, http::Response<ResBody>, S::Error>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    span.record("outcome", outcome(&verdict.result));
+    match verdict.result {
+        Ok(principal) => {
+            if let Some(principal) = principal {
+                span.record("token", tracing::field::display(&principal.name));
+                request.extensions_mut().insert(principal);
+            }
+            AuthFuture::Inner {
+                future: inner.call(request),
+                decision: verdict.decision,
+            }
+        }
+        Err(error) => {
+            let mut response = Status::from(error).into_http::<ResBody>();
+            if let Some(decision) = &verdict.decision {
+                add_rate_headers(response.headers_mut(), decision);
+            }
+            AuthFuture::Refused {
+                response: Some(response),
+            }
         }
     }
 }
@@ -97,43 +189,38 @@ where
 {
     type Response = http::Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = AuthFuture<S::Future, http::Response<ResBody>, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // The ready service is the one to call; leave a fresh clone behind.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
-        Box::pin(async move {
-            let path = request.uri().path().to_owned();
-            let metadata = relevant_metadata(request.headers());
-            // Plaintext and TLS servers put different connect info in.
-            let peer =
-                apitoken_proto::peer::remote_addr(request.extensions()).map(|addr| addr.ip());
-            let span =
-                info_span!("apitoken.authenticate", method = %path, token = Empty, outcome = Empty);
-            let verdict = shared
-                .authenticate(&path, &metadata, peer)
-                .instrument(span.clone())
-                .await;
-            span.record("outcome", outcome(&verdict.result));
-            let mut response = match verdict.result {
-                Ok(Some(principal)) => {
-                    span.record("token", principal.name.to_string());
-                    request.extensions_mut().insert(principal);
-                    inner.call(request).await?
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // Plaintext and TLS servers put different connect info in.
+        let peer = apitoken_proto::peer::remote_addr(request.extensions()).map(|addr| addr.ip());
+        let span = span(request.uri().path());
+        let step = span.in_scope(|| {
+            self.shared
+                .decide(request.uri().path(), request.headers(), peer)
+        });
+        match step {
+            Step::Done(verdict) => apply(&mut self.inner, request, verdict, &span),
+            Step::Verify(pending) => {
+                // The ready service is the one to call; leave a fresh clone behind.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let shared = Arc::clone(&self.shared);
+                let future = async move {
+                    let verdict = shared
+                        .verify_and_decide(pending, request.headers(), peer)
+                        .instrument(span.clone())
+                        .await;
+                    apply(&mut inner, request, verdict, &span).await
+                };
+                AuthFuture::Verifying {
+                    future: Box::pin(future),
                 }
-                Ok(None) => inner.call(request).await?,
-                Err(error) => Status::from(error).into_http(),
-            };
-            if let Some(decision) = &verdict.decision {
-                add_rate_headers(response.headers_mut(), decision);
             }
-            Ok(response)
-        })
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -16,7 +17,7 @@ use tracing::warn;
 use crate::auth::{Shared, authorized};
 
 /// Uses per token uid: how many, the latest, and its caller's address.
-type Uses = HashMap<String, (i64, DateTime<Utc>, Option<String>)>;
+type Uses = HashMap<String, (i64, DateTime<Utc>, Option<IpAddr>)>;
 
 /// Uses per namespace and token since the last report.
 #[derive(Debug, Default)]
@@ -25,18 +26,26 @@ pub struct UsageBatch {
 }
 
 impl UsageBatch {
-    /// Counts one use of `principal` at `at` by `ip`.
-    pub fn record(&self, principal: &Principal, at: DateTime<Utc>, ip: Option<String>) {
+    /// Counts one use of `principal` at `at` by `ip`. Allocates only for a
+    /// token's first use since the last report.
+    pub fn record(&self, principal: &Principal, at: DateTime<Utc>, ip: Option<IpAddr>) {
         self.add(principal.namespace(), &principal.uid, 1, at, ip);
     }
 
-    fn add(&self, namespace: &str, uid: &str, count: i64, at: DateTime<Utc>, ip: Option<String>) {
+    fn add(&self, namespace: &str, uid: &str, count: i64, at: DateTime<Utc>, ip: Option<IpAddr>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = pending
-            .entry(namespace.to_owned())
-            .or_default()
-            .entry(uid.to_owned())
-            .or_insert((0, at, None));
+        if !pending.contains_key(namespace) {
+            pending.insert(namespace.to_owned(), Uses::new());
+        }
+        let Some(uses) = pending.get_mut(namespace) else {
+            return;
+        };
+        if !uses.contains_key(uid) {
+            uses.insert(uid.to_owned(), (0, at, None));
+        }
+        let Some(entry) = uses.get_mut(uid) else {
+            return;
+        };
         entry.0 = entry.0.saturating_add(count);
         if at >= entry.1 {
             entry.1 = at;
@@ -72,7 +81,7 @@ impl Shared {
                         seconds: last.timestamp(),
                         nanos: i32::try_from(last.timestamp_subsec_nanos()).unwrap_or(0),
                     }),
-                    last_use_ip: ip.clone().unwrap_or_default(),
+                    last_use_ip: ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 })
                 .collect();
             let mut request = authorized(

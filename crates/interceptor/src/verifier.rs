@@ -16,7 +16,7 @@ use apitoken_domain::{
 use apitoken_proto::v1::{VerifyApiTokenRequest, api_token_service_client::ApiTokenServiceClient};
 use chrono::DateTime;
 use tokio::sync::OnceCell;
-use tonic::{Code, metadata::MetadataMap, transport::Channel};
+use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 use tracing::warn;
 
@@ -29,7 +29,7 @@ pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 #[derive(Debug, Clone)]
 pub struct Verified {
     /// The token.
-    pub principal: Principal,
+    pub principal: std::sync::Arc<Principal>,
     /// Its rate limit, requests a minute.
     pub token_limit: u32,
     /// Its namespace's aggregate limit, requests a minute.
@@ -83,7 +83,7 @@ impl Verifier {
         &self,
         key: CacheKey,
         secret: &WellFormed,
-        trace: &MetadataMap,
+        trace: &http::HeaderMap,
         caller: Option<std::net::IpAddr>,
     ) -> (Outcome, bool) {
         let cell = Arc::clone(
@@ -117,7 +117,7 @@ impl Verifier {
     async fn call(
         &self,
         secret: &WellFormed,
-        trace: &MetadataMap,
+        trace: &http::HeaderMap,
         caller: Option<std::net::IpAddr>,
     ) -> Outcome {
         let mut request = crate::auth::authorized(
@@ -129,8 +129,11 @@ impl Verifier {
         );
         request.set_timeout(self.timeout);
         for header in TRACE_HEADERS {
-            if let Some(value) = trace.get(header) {
-                request.metadata_mut().insert(header, value.clone());
+            if let Some(value) = trace
+                .get(header)
+                .and_then(|value| tonic::metadata::MetadataValue::try_from(value.as_bytes()).ok())
+            {
+                request.metadata_mut().insert(header, value);
             }
         }
         let mut client = self.client.clone();
@@ -140,7 +143,7 @@ impl Verifier {
                 let reply = response.into_inner();
                 let verified = reply.api_token.as_ref().and_then(|token| {
                     Some(Verified {
-                        principal: principal_of(token)?,
+                        principal: std::sync::Arc::new(principal_of(token)?),
                         token_limit: u32::try_from(token.rate_limit)
                             .ok()
                             .filter(|limit| *limit > 0)?,
@@ -196,5 +199,11 @@ pub fn principal_of(token: &apitoken_proto::v1::ApiToken) -> Option<Principal> {
         role: Role::from_proto(token.role)?,
         expire_time,
         interceptor: token.interceptor,
+        display_name: token.display_name.clone(),
+        labels: token
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
     })
 }

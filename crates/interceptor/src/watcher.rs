@@ -2,6 +2,11 @@
 //! drops the affected token from the cache; a fresh start (no cursor, or a
 //! cursor the server no longer knows) drops the whole namespace. The time of
 //! the last message tells whether the namespace's cache may be trusted.
+//!
+//! When apitoken refuses the watch credential itself (revoked, expired,
+//! not an interceptor token of the namespace), that is not an outage to
+//! retry quietly: it is logged as an error once (again when the reason
+//! changes), counted, and retried slowly (`Settings::credential_retry`).
 
 use std::{
     sync::{
@@ -15,7 +20,7 @@ use apitoken_domain::token::Secret;
 use apitoken_proto::v1::{WatchApiTokenEventsRequest, api_token_event::Kind};
 use tokio::{sync::watch, time::Instant};
 use tonic::Code;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::{Shared, authorized};
 
@@ -27,9 +32,14 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 pub struct NamespaceWatch {
     namespace: String,
     credential: Secret,
-    last_message: Mutex<Option<Instant>>,
+    /// When the watch was made: `last_message` counts from it.
+    base: Instant,
+    /// Milliseconds from `base` to the last message, plus one (0: never).
+    last_message: AtomicU64,
     generation: AtomicU64,
     cursor: Mutex<i64>,
+    /// The last refusal of the credential, logged once.
+    refused: Mutex<Option<String>>,
 }
 
 impl NamespaceWatch {
@@ -38,9 +48,11 @@ impl NamespaceWatch {
         Self {
             namespace,
             credential,
-            last_message: Mutex::new(None),
+            base: Instant::now(),
+            last_message: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             cursor: Mutex::new(0),
+            refused: Mutex::new(None),
         }
     }
 
@@ -56,10 +68,26 @@ impl NamespaceWatch {
 
     /// Whether the stream spoke within `bound` of `now`.
     pub fn is_fresh(&self, now: Instant, bound: Duration) -> bool {
-        self.last_message
+        self.silent_for(now).is_some_and(|silence| silence < bound)
+    }
+
+    /// How long the stream has been silent at `now`; `None` if it never
+    /// spoke.
+    pub fn silent_for(&self, now: Instant) -> Option<Duration> {
+        match self.last_message.load(Ordering::Acquire) {
+            0 => None,
+            millis => {
+                Some(now.saturating_duration_since(self.base + Duration::from_millis(millis - 1)))
+            }
+        }
+    }
+
+    /// Why apitoken refuses the credential, if it does (last answer).
+    pub fn credential_refused(&self) -> Option<String> {
+        self.refused
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|last| now.saturating_duration_since(last) < bound)
+            .clone()
     }
 
     /// Changes whenever cached tokens of this namespace may have become
@@ -74,10 +102,20 @@ impl NamespaceWatch {
     }
 
     fn touch(&self) {
-        *self
-            .last_message
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let millis = u64::try_from(Instant::now().duration_since(self.base).as_millis())
+            .unwrap_or(u64::MAX - 1);
+        self.last_message.store(millis + 1, Ordering::Release);
+        *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Records a refusal of the credential; whether it is news (to log).
+    fn refuse(&self, why: &str) -> bool {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if refused.as_deref() == Some(why) {
+            return false;
+        }
+        *refused = Some(why.to_owned());
+        true
     }
 
     fn invalidated(&self) {
@@ -111,6 +149,26 @@ pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::R
         };
         let failure = match opened {
             Err(_) => "opening the event stream timed out".to_owned(),
+            Ok(Err(status)) if credential_refused(&status) => {
+                let why = refusal(&status);
+                shared
+                    .stats
+                    .credential_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                if watch.refuse(&why) {
+                    error!(
+                        namespace = watch.namespace(),
+                        reason = %why,
+                        retry_in = ?shared.settings.credential_retry,
+                        "apitoken refuses this service's credential for the namespace: its tokens cannot be trusted from the cache; give the service a valid interceptor token of the namespace"
+                    );
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(shared.settings.credential_retry) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
             Ok(Err(status)) => reset_on(&shared, watch, &status),
             Ok(Ok(response)) => {
                 let mut stream = response.into_inner();
@@ -165,6 +223,25 @@ pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::R
         }
         backoff = (backoff * 2).min(shared.settings.max_reconnect_backoff);
     }
+}
+
+/// Whether the stream was refused because of the credential itself.
+fn credential_refused(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied
+    )
+}
+
+/// The reason of a refusal, for the log: the code and the `ErrorInfo`
+/// reason (never the credential).
+fn refusal(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let reason = status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default();
+    format!("{:?} {reason}", status.code())
 }
 
 /// Handles a stream error; on `OUT_OF_RANGE` (the server does not know the

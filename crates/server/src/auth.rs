@@ -413,5 +413,7 @@ pub fn principal(view: &AuthView) -> Principal {
         role: view.role,
         expire_time: view.expire_time,
         interceptor: view.interceptor,
+        display_name: String::new(),
+        labels: Default::default(),
     }
 }
