@@ -16,6 +16,10 @@ use tonic::{Request, Response, Status};
 pub mod pb {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     tonic::include_proto!("inventory.v1");
+
+    /// The encoded descriptor set of `inventory.v1`, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("inventory_descriptor");
 }
 
 use pb::inventory_service_server::{InventoryService, InventoryServiceServer};
@@ -114,20 +118,40 @@ impl InventoryService for Inventory {
 }
 
 /// Serves the inventory behind `auth` on `listener` until `shutdown`, with
-/// gRPC health (public by default policy).
+/// gRPC health and reflection (both public by the default policy, so
+/// `grpcurl list` and health checks need no token).
 pub async fn serve(
     auth: &ApiTokenAuth,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so grpcurl prints an ErrorInfo.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+    use tokio_stream::StreamExt as _;
+    // TCP_NODELAY: a small reply is sent at once, not after the peer's
+    // delayed ACK.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    });
     tonic::transport::Server::builder()
         .layer(auth.layer())
         .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(InventoryServiceServer::new(Inventory::default()))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
 }

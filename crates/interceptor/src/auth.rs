@@ -3,7 +3,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{AtomicBool, Ordering},
 };
 
 use std::net::IpAddr;
@@ -21,30 +21,11 @@ use crate::{
     cache::{CacheKey, Entry, TokenCache},
     config::{AuthBuilder, BuildError, MethodPolicy, Requirement, Settings},
     layer::ApiTokenLayer,
+    metrics::Stats,
     usage::{UsageBatch, report_loop},
     verifier::{Outcome, Verified, Verifier},
     watcher::{NamespaceWatch, follow},
 };
-
-/// Counters of what the layer did.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Calls answered from the cache.
-    pub cache_hits: AtomicU64,
-    /// Remote verifications made (one per secret, however many calls waited).
-    pub verifications: AtomicU64,
-    /// Calls refused without asking apitoken (malformed, cached refusal,
-    /// expired in cache).
-    pub local_refusals: AtomicU64,
-    /// Calls failed closed because apitoken could not answer.
-    pub unavailable: AtomicU64,
-    /// Token events received.
-    pub invalidations: AtomicU64,
-    /// Calls served from the cache under the outage policy.
-    pub outage_hits: AtomicU64,
-    /// Times apitoken refused this service's own credential.
-    pub credential_refusals: AtomicU64,
-}
 
 /// A copy of [`Stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +137,7 @@ impl ApiTokenAuth {
             settings: builder.settings,
             clock: Arc::clone(&builder.clock),
             usage: UsageBatch::default(),
-            stats: Stats::default(),
+            stats: Stats::new(),
             limiter: RateLimiter::new(Arc::clone(&builder.clock)),
             throttle: FailureThrottle::new(
                 Arc::clone(&builder.clock),
@@ -184,13 +165,13 @@ impl ApiTokenAuth {
     pub fn stats(&self) -> StatsSnapshot {
         let stats = &self.shared.stats;
         StatsSnapshot {
-            cache_hits: stats.cache_hits.load(Ordering::Relaxed),
-            verifications: stats.verifications.load(Ordering::Relaxed),
-            local_refusals: stats.local_refusals.load(Ordering::Relaxed),
-            unavailable: stats.unavailable.load(Ordering::Relaxed),
-            invalidations: stats.invalidations.load(Ordering::Relaxed),
-            outage_hits: stats.outage_hits.load(Ordering::Relaxed),
-            credential_refusals: stats.credential_refusals.load(Ordering::Relaxed),
+            cache_hits: stats.cache_hits.get(),
+            verifications: stats.verifications.get(),
+            local_refusals: stats.local_refusals.get(),
+            unavailable: stats.unavailable.get(),
+            invalidations: stats.invalidations.get(),
+            outage_hits: stats.outage_hits.get(),
+            credential_refusals: stats.credential_refusals.get(),
         }
     }
 
@@ -252,7 +233,7 @@ impl Shared {
             Requirement::Role(role) => role,
         };
         let local = |error: Error| {
-            self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
+            self.stats.local_refusals.add();
             Step::Done(Verdict::refused(self.failed(error, peer)))
         };
         let secret = match bearer_secret_of(headers) {
@@ -272,7 +253,7 @@ impl Shared {
             Err(error) => local(error),
             // A token known good works even from a throttled address.
             Ok(Some(verified)) => {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.cache_hits.add();
                 self.usage
                     .record(&verified.principal, self.clock.now(), peer);
                 Step::Done(self.admit(verified, required))
@@ -283,7 +264,7 @@ impl Shared {
                 if let Some(peer) = peer
                     && let Some(wait) = self.throttle.blocked(peer)
                 {
-                    self.stats.local_refusals.fetch_add(1, Ordering::Relaxed);
+                    self.stats.local_refusals.add();
                     return Step::Done(Verdict::refused(self.throttled(peer, Some(wait))));
                 }
                 Step::Verify(Pending {
@@ -403,16 +384,19 @@ impl Shared {
             if !within_grace {
                 return Ok(None);
             }
-            if self.stats.outage_hits.fetch_add(1, Ordering::Relaxed) == 0
-                || !self.outage.swap(true, Ordering::Relaxed)
-            {
+            if self.stats.outage_hits.add() == 0 || !self.outage.swap(true, Ordering::Relaxed) {
+                crate::metrics::outage_active(true);
                 warn!(
                     namespace = watch.namespace(),
                     "apitoken's event stream is down: serving tokens already verified (outage policy); revocations are not seen until it is back"
                 );
             }
         } else {
-            self.outage.store(false, Ordering::Relaxed);
+            // Read first: a store on every hit would bounce the line
+            // between cores.
+            if self.outage.load(Ordering::Relaxed) && self.outage.swap(false, Ordering::Relaxed) {
+                crate::metrics::outage_active(false);
+            }
         }
         let ends = entry.secret_expire_time.or(entry.principal.expire_time);
         if ends.is_some_and(|end| end <= self.clock.now()) {
@@ -452,7 +436,7 @@ impl Shared {
             .collect();
         let (outcome, initiated) = self.verifier.verify(key, secret, headers, peer).await;
         if initiated {
-            self.stats.verifications.fetch_add(1, Ordering::Relaxed);
+            self.stats.verifications.add();
         }
         let now = Instant::now();
         match outcome {
@@ -474,6 +458,7 @@ impl Shared {
                                 verified_at: now,
                             },
                         );
+                        crate::metrics::cache_entries(self.cache.len());
                     }
                     Some(_) => {}
                     None => {
@@ -500,7 +485,7 @@ impl Shared {
                 Err(error)
             }
             Outcome::Unavailable(error) => {
-                self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                self.stats.unavailable.add();
                 Err(error)
             }
         }

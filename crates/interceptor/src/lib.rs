@@ -102,7 +102,7 @@
 //!
 //! Modules: [`config`] (builder and policy), [`auth`] (the handle and the
 //! decision per call), [`cache`], [`verifier`], [`watcher`], [`usage`],
-//! [`layer`].
+//! [`layer`], [`metrics`] (what it counts, through the `metrics` facade).
 //!
 //! Architecture invariant: this crate depends on the wire types
 //! (`apitoken-proto`) and the domain rules (`apitoken-domain`) only, never on
@@ -112,6 +112,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod layer;
+pub mod metrics;
 pub mod usage;
 pub mod verifier;
 pub mod watcher;

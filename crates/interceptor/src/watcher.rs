@@ -106,6 +106,7 @@ impl NamespaceWatch {
             .unwrap_or(u64::MAX - 1);
         self.last_message.store(millis + 1, Ordering::Release);
         *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        crate::metrics::stream_up(&self.namespace, true);
     }
 
     /// Records a refusal of the credential; whether it is news (to log).
@@ -150,11 +151,9 @@ pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::R
         let failure = match opened {
             Err(_) => "opening the event stream timed out".to_owned(),
             Ok(Err(status)) if credential_refused(&status) => {
+                crate::metrics::stream_up(watch.namespace(), false);
                 let why = refusal(&status);
-                shared
-                    .stats
-                    .credential_refusals
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.stats.credential_refusals.add();
                 if watch.refuse(&why) {
                     error!(
                         namespace = watch.namespace(),
@@ -203,7 +202,7 @@ pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::R
                                 }
                                 let dropped = shared.cache.invalidate_uid(&event.uid);
                                 watch.invalidated();
-                                shared.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                                shared.stats.invalidations.add();
                                 debug!(token = %event.api_token, kind = event.kind, dropped, "token event");
                             }
                             watch.set_cursor(message.sequence);
@@ -216,6 +215,7 @@ pub(crate) async fn follow(shared: Arc<Shared>, index: usize, mut stop: watch::R
                 }
             }
         };
+        crate::metrics::stream_up(watch.namespace(), false);
         warn!(namespace = watch.namespace(), reason = %failure, retry_in = ?backoff, "event stream down");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}

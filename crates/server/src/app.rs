@@ -74,6 +74,26 @@ pub struct AppConfig {
     pub index: IndexOptions,
     /// TLS and the limits of connections.
     pub transport: TransportConfig,
+    /// The Prometheus listener.
+    pub metrics: MetricsConfig,
+}
+
+/// Where metrics are served.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsConfig {
+    /// The `/metrics` listener's address; off when `None`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Most namespaces with their own active-token series.
+    pub max_namespaces: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_namespaces: 100,
+        }
+    }
 }
 
 impl AppConfig {
@@ -94,6 +114,7 @@ impl AppConfig {
             trusted_proxies: TrustedProxies::default(),
             index: IndexOptions::default(),
             transport: TransportConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -136,6 +157,10 @@ pub struct App {
 impl App {
     /// Connects (and migrates, unless told not to).
     pub async fn build(config: AppConfig, clock: SharedClock) -> Result<App, StartError> {
+        if config.metrics.listen.is_some() {
+            // Before anything registers a counter.
+            crate::metrics::exporter::install().map_err(StartError::Config)?;
+        }
         let format = TokenFormat::new(&config.token_prefix)?;
         let keys = Keys::derive(config.hash_key.as_deref().map(str::as_bytes));
         let store = TokenStore::connect(&config.database_url, &config.store).await?;
@@ -222,6 +247,30 @@ impl App {
             self.config.events,
         ));
         let sweeper = events.spawn_expiry_sweeper();
+        let metrics_server = match self.config.metrics.listen {
+            None => None,
+            Some(address) => {
+                let handle = crate::metrics::exporter::install().map_err(StartError::Config)?;
+                let metrics_listener = TcpListener::bind(address).await.map_err(|err| {
+                    StartError::Config(format!(
+                        "cannot listen on {address} (--metrics-listen): {err}"
+                    ))
+                })?;
+                let collector = Arc::new(crate::metrics::collect::Collector::new(
+                    Arc::clone(&index),
+                    Arc::clone(&events),
+                    self.store.clone(),
+                    Arc::clone(&self.clock),
+                    self.config.metrics.max_namespaces,
+                ));
+                Some(tokio::spawn(crate::metrics::exporter::serve(
+                    metrics_listener,
+                    handle,
+                    collector,
+                    stopping.clone(),
+                )))
+            }
+        };
         let policy = Arc::new(self.config.policy.clone());
         let lifecycle = Lifecycle::new(
             self.store.clone(),
@@ -304,7 +353,6 @@ impl App {
             .http2_keepalive_timeout(Some(transport_config.http2_keepalive_timeout))
             .max_concurrent_streams(transport_config.max_concurrent_streams)
             .http2_max_header_list_size(transport_config.max_header_list_size)
-            .trace_fn(crate::telemetry::request_span)
             .layer(self.requests.clone())
             .layer(TransportLayer::new(Arc::clone(&connections), max_request))
             .add_service(health_service)
@@ -318,6 +366,7 @@ impl App {
             info!("shutting down: finishing in-flight calls");
             let _ = stopping_tx.send(true);
             set_health(&shutdown_reporter, ServingStatus::NotServing).await;
+            metrics::gauge!(crate::metrics::names::SERVING).set(0.0);
         };
         let limits = transport::ConnLimits::from(&transport_config);
         let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
@@ -352,6 +401,9 @@ impl App {
         }
         sweeper.abort();
         lifecycle.abort();
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         info!("stopped");
         Ok(result?)
     }

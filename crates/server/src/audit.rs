@@ -29,9 +29,12 @@ pub struct RequestContext {
     pub peer_address: Option<String>,
     /// `user-agent`.
     pub user_agent: Option<String>,
-    /// `x-request-id`, or one made up the first time an entry needs it
-    /// (authentication alone, on every call, makes none).
+    /// `x-request-id`, or the server's id of the request (the one its log
+    /// lines carry, [`crate::telemetry::ServerRequestId`]), or one made up
+    /// the first time an entry needs it.
     request_id: OnceLock<String>,
+    /// The server's id of the request, when the layer gave it one.
+    server_request_id: Option<std::sync::Arc<str>>,
     /// The trace id of `traceparent`.
     pub trace_id: Option<String>,
 }
@@ -46,22 +49,32 @@ impl RequestContext {
                 .get(name)
                 .and_then(|value| value.to_str().ok())
         };
+        let server_request_id = request
+            .extensions()
+            .get::<crate::telemetry::ServerRequestId>()
+            .map(|id| std::sync::Arc::clone(&id.0));
+        let request_id = header("x-request-id")
+            .filter(|id| is_request_id(id))
+            .map(str::to_owned)
+            .or_else(|| server_request_id.as_deref().map(str::to_owned));
         Self {
             peer_address: client.map(|ip| ip.to_string()),
             user_agent: header("user-agent").map(|agent| escape(truncate(agent, MAX_USER_AGENT))),
-            request_id: header("x-request-id")
-                .filter(|id| is_request_id(id))
-                .map(|id| OnceLock::from(id.to_owned()))
-                .unwrap_or_default(),
+            request_id: request_id.map(OnceLock::from).unwrap_or_default(),
+            server_request_id,
             trace_id: header("traceparent").and_then(trace_id),
         }
     }
 
-    /// The same context with a request id the server makes up, for entries
-    /// about callers that did not authenticate (they choose no field of an
-    /// audit entry but their user agent, escaped and bounded).
+    /// The same context with the server's request id, for entries about
+    /// callers that did not authenticate (they choose no field of an audit
+    /// entry but their user agent, escaped and bounded).
     pub fn without_caller_request_id(mut self) -> Self {
-        self.request_id = OnceLock::new();
+        self.request_id = self
+            .server_request_id
+            .as_deref()
+            .map(|id| OnceLock::from(id.to_owned()))
+            .unwrap_or_default();
         self
     }
 
@@ -115,7 +128,7 @@ pub enum Actor<'a> {
 }
 
 /// Whether a caller's `x-request-id` may be kept as it is.
-fn is_request_id(id: &str) -> bool {
+pub(crate) fn is_request_id(id: &str) -> bool {
     (1..=MAX_REQUEST_ID).contains(&id.len())
         && id
             .bytes()
@@ -123,7 +136,7 @@ fn is_request_id(id: &str) -> bool {
 }
 
 /// The trace id (second field) of a W3C `traceparent`.
-fn trace_id(traceparent: &str) -> Option<String> {
+pub(crate) fn trace_id(traceparent: &str) -> Option<String> {
     let id = traceparent.split('-').nth(1)?;
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
 }

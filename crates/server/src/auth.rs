@@ -39,7 +39,7 @@ use apitoken_domain::{
 use apitoken_store::{SecretMatch, TokenStore};
 use chrono::{DateTime, Utc};
 use tonic::Request;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     audit::{Actor, RequestContext},
@@ -264,6 +264,7 @@ impl Authenticator {
                 view.expire_time
             }
         };
+        crate::metrics::server().verified();
         Ok(Authenticated {
             view,
             secret_expire_time,
@@ -318,7 +319,10 @@ impl Authenticator {
         let Error::Unauthenticated(reason) = &failure.error else {
             return failure.error;
         };
-        info!(reason = reason.reason(), client = ?client, "authentication failed");
+        crate::metrics::server().verify_failed(*reason);
+        // Per failure at debug only: a flood of bad tokens must not flood
+        // the log (bursts are logged once, and counted in the metrics).
+        debug!(reason = reason.reason(), client = ?client, "authentication failed");
         let Some(client) = client else {
             return failure.error;
         };
@@ -326,6 +330,7 @@ impl Authenticator {
         match self.throttle.record_failure(key) {
             FailureOutcome::Counted => failure.error,
             FailureOutcome::BurstStarted => {
+                crate::metrics::server().burst();
                 warn!(
                     %client,
                     limit_per_minute = self.throttle.limit(),
@@ -336,6 +341,7 @@ impl Authenticator {
                 failure.error
             }
             FailureOutcome::Throttled => {
+                crate::metrics::server().throttled();
                 let wait = self.throttle.blocked(key);
                 Error::ResourceExhausted {
                     subject: format!("address {key}"),
@@ -393,7 +399,8 @@ impl Authenticator {
             Scope::Token => view.name().to_string(),
             Scope::Namespace => format!("namespaces/{namespace}"),
         };
-        info!(%subject, limit = decision.limit, "rate limited");
+        crate::metrics::server().rate_limited(decision.scope);
+        debug!(%subject, limit = decision.limit, "rate limited");
         Err(Error::ResourceExhausted {
             description: format!(
                 "rate limit of {} requests a minute exceeded for {subject}",

@@ -25,6 +25,24 @@ pub struct Cli {
     /// Options of `serve`, accepted without the subcommand too.
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// Log lines on standard error: `text` (for people) or `json` (one
+    /// object a line, for log pipelines).
+    #[arg(
+        long,
+        env = "APITOKEN_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colour only on a terminal).
+    Text,
+    /// One JSON object a line, with stable field names.
+    Json,
 }
 
 /// The subcommands.
@@ -170,6 +188,14 @@ pub struct ServeArgs {
     /// TLS and connection limits.
     #[command(flatten)]
     pub transport: TransportArgs,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address; off
+    /// unless set. Metrics hold no secret but do name namespaces.
+    #[arg(long, env = "APITOKEN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Most namespaces with their own `apitoken_active_tokens` series (the
+    /// largest); the rest are summed under `_other`.
+    #[arg(long, env = "APITOKEN_METRICS_MAX_NAMESPACES", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub metrics_max_namespaces: u64,
 }
 
 /// TLS and the limits of connections.

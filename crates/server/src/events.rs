@@ -228,8 +228,10 @@ impl EventHub {
                 ));
             }
             advanced.borrow_and_update();
-            let (events, through) = match self.index.recent_events(namespace, cursor, BATCH) {
-                Some(recent) => (recent.events, recent.through),
+            // `live`: from memory, as they happen (a replay from the log is
+            // not lag).
+            let (events, through, live) = match self.index.recent_events(namespace, cursor, BATCH) {
+                Some(recent) => (recent.events, recent.through, true),
                 None => {
                     // Older than what memory holds: read the log.
                     let events = self
@@ -237,11 +239,18 @@ impl EventHub {
                         .events_after(namespace, cursor, BATCH as u64)
                         .await?;
                     let through = events.last().map_or(cursor, |event| event.sequence);
-                    (events, through)
+                    (events, through, false)
                 }
             };
             if let Some(last) = events.last() {
                 cursor = last.sequence;
+                if live {
+                    let lag = (self.clock.now() - last.event_time)
+                        .to_std()
+                        .unwrap_or_default();
+                    metrics::histogram!(crate::metrics::names::EVENT_DELIVERY_LAG)
+                        .record(lag.as_secs_f64());
+                }
                 let response = WatchApiTokenEventsResponse {
                     events: events.iter().map(api_token_event).collect(),
                     sequence: cursor,

@@ -148,6 +148,7 @@ pub async fn spawn_monitor(
 ) -> tokio::task::JoinHandle<()> {
     let first = checks.run().await;
     log_changes(None, &first);
+    record(&first);
     set_health(&reporter, serving(first.healthy())).await;
     tokio::spawn(async move {
         let mut previous = first;
@@ -164,6 +165,7 @@ pub async fn spawn_monitor(
                 return;
             }
             log_changes(Some(&previous), &report);
+            record(&report);
             if report.healthy() != previous.healthy() {
                 if report.healthy() {
                     info!("every health check passes: SERVING");
@@ -175,6 +177,16 @@ pub async fn spawn_monitor(
             previous = report;
         }
     })
+}
+
+/// The health gauges of a report.
+fn record(report: &HealthReport) {
+    use crate::metrics::names;
+    for (name, result) in &report.checks {
+        metrics::gauge!(names::HEALTH_CHECK, "check" => *name)
+            .set(f64::from(u8::from(result.is_ok())));
+    }
+    metrics::gauge!(names::SERVING).set(f64::from(u8::from(report.healthy())));
 }
 
 fn serving(healthy: bool) -> ServingStatus {

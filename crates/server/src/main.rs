@@ -5,7 +5,7 @@ use std::{process::ExitCode, sync::Arc};
 use apitoken_domain::clock::{SharedClock, SystemClock};
 use apitoken_server::{
     App, AppConfig,
-    app::StartError,
+    app::{MetricsConfig, StartError},
     bootstrap::{BootstrapRequest, bootstrap_token},
     config::{Cli, Command, DatabaseArgs, ServeArgs},
     events::EventTiming,
@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
         Some(Command::Serve(args)) => args.otlp_endpoint.clone(),
         Some(_) => None,
     };
-    let telemetry = match telemetry::init(otlp_endpoint.as_deref()) {
+    let telemetry = match telemetry::init(otlp_endpoint.as_deref(), cli.log_format) {
         Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("apitoken-server: {error}");
@@ -110,6 +110,10 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             max_streams: usize::try_from(args.max_streams).unwrap_or(usize::MAX),
         },
         transport,
+        metrics: MetricsConfig {
+            listen: args.metrics_listen,
+            max_namespaces: usize::try_from(args.metrics_max_namespaces).unwrap_or(usize::MAX),
+        },
     };
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::build(config, clock).await?;

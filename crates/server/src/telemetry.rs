@@ -1,13 +1,29 @@
 //! Logging and tracing.
 //!
-//! Logs: human-readable lines on standard error (standard output is kept for
-//! the secret printed by `bootstrap`), filtered by `APITOKEN_LOG` (or
-//! `RUST_LOG`), default `info,sqlx=warn,sea_orm=warn`.
+//! Logs: lines on standard error (standard output is kept for the secret
+//! printed by `bootstrap`), filtered by `APITOKEN_LOG` (or `RUST_LOG`),
+//! default `info,sqlx=warn,sea_orm=warn`. `--log-format text` (the default)
+//! writes human-readable lines, in colour only on a terminal;
+//! `--log-format json` writes one JSON object a line ([`json`]) with stable
+//! field names: `timestamp`, `level`, `target`, `message`, the event's own
+//! fields, and those of the spans it is in — for a gRPC call `method`,
+//! `request_id` and `trace_id`, on every line the call logs.
+//!
+//! Request ids: the caller's `x-request-id` when it is 1 to 64 characters of
+//! `[A-Za-z0-9._:-]`, else one the server makes ([`ServerRequestId`]); the
+//! reply carries it back in `x-request-id`, and audit entries record it.
 //!
 //! Traces: with an OTLP endpoint, every span (one per gRPC call, named after
 //! the method, child of the caller's W3C `traceparent`) is exported over
 //! OTLP/gRPC, batched, and flushed at shutdown. Spans carry method names and
 //! token names, never secrets.
+
+pub mod json;
+
+use std::sync::{
+    Arc, LazyLock,
+    atomic::{AtomicU64, Ordering},
+};
 
 use opentelemetry::{
     global,
@@ -16,9 +32,11 @@ use opentelemetry::{
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tracing::Span;
+use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::config::LogFormat;
 
 /// The service name in exported traces.
 pub const SERVICE_NAME: &str = "apitoken-server";
@@ -48,13 +66,32 @@ fn filter() -> EnvFilter {
         .unwrap_or_else(|| EnvFilter::new("info,sqlx=warn,sea_orm=warn"))
 }
 
-/// Installs the global subscriber: logs, and traces when `otlp_endpoint`
-/// (e.g. `http://otel-collector:4317`) is given. Needs a Tokio runtime.
-pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(filter());
+/// The log layer for `format`.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json::JsonLines)
+            .with_filter(filter())
+            .boxed(),
+    }
+}
+
+/// Installs the global subscriber: logs in `format`, and traces when
+/// `otlp_endpoint` (e.g. `http://otel-collector:4317`) is given. Needs a
+/// Tokio runtime.
+pub fn init(otlp_endpoint: Option<&str>, format: LogFormat) -> Result<Telemetry, String> {
+    let logs = log_layer(format);
     let Some(endpoint) = otlp_endpoint else {
         let _ = tracing_subscriber::registry().with(logs).try_init();
         return Ok(Telemetry::default());
@@ -96,14 +133,66 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The span of one gRPC call: named after the method, a child of the
-/// caller's `traceparent` when tracing is on.
-pub fn request_span(request: &http::Request<()>) -> Span {
-    let method = request.uri().path();
-    let span = tracing::info_span!("grpc", otel.name = %method, otel.kind = "server", rpc.method = %method);
-    let parent = global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
-    });
-    let _ = span.set_parent(parent);
-    span
+/// The id the server gives a request whose caller sent no usable
+/// `x-request-id` (a request extension: audit entries use it too).
+#[derive(Debug, Clone)]
+pub struct ServerRequestId(pub Arc<str>);
+
+/// A fresh request id: this process's random prefix and a counter, so ids
+/// are unique across replicas and cost no random draw per call.
+fn next_request_id() -> String {
+    static PREFIX: LazyLock<u64> = LazyLock::new(rand::random);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}-{n:x}", *PREFIX)
+}
+
+/// The span of one gRPC call, and the request id the server made for it
+/// (if the caller sent none usable; the caller's own is kept otherwise).
+/// The span is named after the method, carries `method`, `request_id` and
+/// `trace_id`, and is a child of the caller's `traceparent` when tracing is
+/// on.
+pub fn request_span(headers: &http::HeaderMap, method: &str) -> (Span, Option<ServerRequestId>) {
+    let caller_id = headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| crate::audit::is_request_id(id));
+    let made = match caller_id {
+        Some(_) => None,
+        None => Some(ServerRequestId(next_request_id().into())),
+    };
+    let request_id = caller_id.unwrap_or_else(|| made.as_ref().map_or("", |id| &id.0));
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %method,
+        otel.kind = "server",
+        method = %method,
+        request_id = %request_id,
+        trace_id = Empty,
+    );
+    let caller_trace = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::audit::trace_id);
+    if !span.is_disabled() {
+        let parent = global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(headers))
+        });
+        let _ = span.set_parent(parent);
+        match caller_trace {
+            Some(trace) => {
+                span.record("trace_id", trace.as_str());
+            }
+            None => {
+                // A new trace (OTLP on): its id, if the tracer made one.
+                use opentelemetry::trace::TraceContextExt as _;
+                let context = span.context();
+                let trace = context.span().span_context().trace_id();
+                if trace != opentelemetry::trace::TraceId::INVALID {
+                    span.record("trace_id", tracing::field::display(trace));
+                }
+            }
+        }
+    }
+    (span, made)
 }

@@ -24,6 +24,6 @@ pub use record::{
     TokenRecord, UsageReport,
 };
 pub use store::{
-    Change, ChangeObserver, EVENT_CHANNEL, StoreOptions, TokenStore, auth_rows::AuthRow,
-    events::EventListener,
+    Change, ChangeObserver, DB_ERRORS, EVENT_CHANNEL, PoolStats, StoreOptions, TokenStore,
+    auth_rows::AuthRow, events::EventListener,
 };

@@ -228,8 +228,10 @@ impl TokenIndex {
     /// The full record of a token the index holds: cached, or read by uid.
     pub async fn record(&self, view: &AuthView) -> Result<Arc<TokenRecord>, Error> {
         if let Some(record) = self.records.get(view.uid, view.version) {
+            crate::metrics::server().record_cache(true);
             return Ok(record);
         }
+        crate::metrics::server().record_cache(false);
         let record = Arc::new(self.store.get_by_uid(&view.uid_string()).await?);
         self.records.put(view.uid, Arc::clone(&record));
         Ok(record)
@@ -244,6 +246,15 @@ impl TokenIndex {
             listening: self.is_listening(),
             loaded: self.is_loaded(),
         }
+    }
+
+    /// Active tokens per namespace at `now` (see
+    /// [`table::TokenTable::active_by_namespace`]).
+    pub fn active_by_namespace(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> std::collections::HashMap<Arc<str>, u64> {
+        self.read().active_by_namespace(now.timestamp_micros())
     }
 
     /// Whether another replica's change is heard at once.

@@ -87,15 +87,32 @@ pub trait ChangeObserver: Send + Sync + std::fmt::Debug {
 /// commit), so other replicas catch up at once instead of at their next poll.
 pub const EVENT_CHANNEL: &str = "apitoken_events";
 
+/// The counter of database errors (`kind`: `unavailable` or `query`),
+/// exported by the server's metrics.
+pub const DB_ERRORS: &str = "apitoken_db_errors_total";
+
+/// The connection pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections.
+    pub open: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max: u32,
+}
+
 /// Maps a database error: connection trouble is `UNAVAILABLE` (retry), the
 /// rest `INTERNAL`; the detail is logged here and never sent to a client.
 pub(super) fn db_error(error: DbErr) -> Error {
     match error {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+            metrics::counter!(DB_ERRORS, "kind" => "unavailable").increment(1);
             warn!(error = %error, "database unavailable");
             Error::Unavailable("database unavailable, retry later".to_owned())
         }
         other => {
+            metrics::counter!(DB_ERRORS, "kind" => "query").increment(1);
             error!(error = %other, "database error");
             Error::Internal
         }
@@ -215,6 +232,26 @@ impl TokenStore {
     /// Whether this is PostgreSQL (several replicas may share it).
     pub fn is_postgres(&self) -> bool {
         self.db.get_database_backend() == DbBackend::Postgres
+    }
+
+    /// The connection pool's occupancy (for metrics).
+    pub fn pool_stats(&self) -> PoolStats {
+        fn stats<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> PoolStats {
+            PoolStats {
+                open: pool.size(),
+                idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                max: pool.options().get_max_connections(),
+            }
+        }
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => stats(self.db.get_postgres_connection_pool()),
+            DbBackend::Sqlite => stats(self.db.get_sqlite_connection_pool()),
+            _ => PoolStats {
+                open: 0,
+                idle: 0,
+                max: 0,
+            },
+        }
     }
 
     /// The underlying connection (for tests and tooling).
