@@ -240,6 +240,10 @@ enum Command {
         /// Requests a minute, 1 to 100000 (0: the role's default).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=100_000))]
         rate_limit: i32,
+        /// A token for a service's interceptor or a proxy: it may report
+        /// usage and name the address of the calls it verifies.
+        #[arg(long)]
+        interceptor: bool,
         /// Print only the secret and a newline.
         #[arg(short = 'q', long)]
         secret_only: bool,
@@ -763,6 +767,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             expire_time,
             labels,
             rate_limit,
+            interceptor,
             secret_only,
         } => {
             let (parent, id) = name
@@ -777,6 +782,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     description,
                     labels: label_map(labels)?.into_iter().collect(),
                     rate_limit,
+                    interceptor,
                     expire_time: expire_time.map(proto_time),
                     ..Default::default()
                 }),

@@ -34,6 +34,14 @@ impl Object {
         }
     }
 
+    fn boolean(self, key: &str, value: bool) -> Self {
+        if value {
+            self.put(key, Value::Bool(true))
+        } else {
+            self
+        }
+    }
+
     fn int32(self, key: &str, value: i32) -> Self {
         if value == 0 {
             self
@@ -125,6 +133,7 @@ pub(crate) fn token(token: &ApiToken) -> Value {
             "previousSecretExpireTime",
             token.previous_secret_expire_time.as_ref(),
         )
+        .boolean("interceptor", token.interceptor)
         .build()
 }
 

@@ -88,6 +88,9 @@ pub(crate) fn token_text(token: &ApiToken, out: &mut String) {
     }
     line("use_count", &token.use_count.to_string());
     line("rate_limit", &token.rate_limit.to_string());
+    if token.interceptor {
+        line("interceptor", "true");
+    }
     if token.revoke_time.is_some() {
         line("revoke_time", &rfc3339(token.revoke_time.as_ref(), "-"));
         line("revoker", &token.revoker);
