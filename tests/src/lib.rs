@@ -20,6 +20,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use apitoken_domain::{
     Role,
     clock::{ManualClock, SharedClock},
+    ratelimit::RateLimit,
 };
 use apitoken_proto::v1::{
     ApiToken, CreateApiTokenRequest, api_token_service_client::ApiTokenServiceClient,
@@ -100,16 +101,47 @@ pub struct Options {
     pub transport: TransportConfig,
     /// How the harness's clients connect (CA, client certificate).
     pub client: ConnectOptions,
+    /// Shared limits (see [`redis_config`]).
+    pub redis: Option<apitoken_ratelimit::RedisConfig>,
 }
 
 /// Limits that tests of other features never reach.
 pub fn generous_limits() -> Limits {
     Limits {
-        role_rate_limits: [1_000_000; 3],
-        namespace_rate_limit: 1_000_000,
-        failed_auth_per_minute: 1_000_000,
+        role_rate_limits: [RateLimit::Unlimited; 3],
+        namespace_rate_limit: RateLimit::Unlimited,
+        failed_auth_limit: RateLimit::Unlimited,
         token_quota: 10_000,
         ..Limits::default()
+    }
+}
+
+/// The Redis of the shared-limit tests (`APITOKEN_TEST_REDIS_URL`, e.g.
+/// `redis://127.0.0.1:6379`), or `None` (they print that they were
+/// skipped) unless `APITOKEN_REQUIRE_REDIS=1` (CI), which makes a missing
+/// one a failure.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("APITOKEN_TEST_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var("APITOKEN_REQUIRE_REDIS").is_err(),
+                "APITOKEN_REQUIRE_REDIS is set but APITOKEN_TEST_REDIS_URL is not"
+            );
+            eprintln!("skipped: shared limits (set APITOKEN_TEST_REDIS_URL to run them)");
+            None
+        }
+    }
+}
+
+/// Shared limits on `url` under a key prefix of their own (tests never
+/// see each other's counts), probed every 50 ms.
+pub fn redis_config(url: &str) -> apitoken_ratelimit::RedisConfig {
+    apitoken_ratelimit::RedisConfig {
+        key_prefix: format!("apitoken-test-{}", uuid::Uuid::new_v4().simple()),
+        probe_interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(100),
+        ..apitoken_ratelimit::RedisConfig::new(url)
     }
 }
 
@@ -131,6 +163,7 @@ impl Default for Options {
             trusted_proxies: Default::default(),
             transport: TransportConfig::default(),
             client: ConnectOptions::default(),
+            redis: None,
         }
     }
 }
@@ -433,6 +466,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.policy = options.policy.clone();
     config.trusted_proxies = options.trusted_proxies.clone();
     config.transport = options.transport.clone();
+    config.redis = options.redis.clone();
     // Retention runs every 10 minutes in production; tests move the clock
     // and want it applied promptly.
     config.policy.retention_interval = Duration::from_millis(100);

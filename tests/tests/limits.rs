@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use apitoken_domain::Role;
+use apitoken_domain::{Role, ratelimit::RateLimit};
 use apitoken_example::pb::ListItemsRequest;
 use apitoken_server::limits::Limits;
 use apitoken_tests::{
@@ -88,9 +88,17 @@ async fn create_with_limit(
         .secret
 }
 
-fn assert_rate_limited(status: &Status, subject: &str, retry_after: &str) {
+/// A refusal by a limit of a minute: `retry-after` is the rest of the
+/// window plus at most one 1.2 s bucket, in whole seconds.
+fn assert_rate_limited(status: &Status, subject: &str) {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert_eq!(header(status.metadata(), "retry-after"), retry_after);
+    let retry_after: u64 = header(status.metadata(), "retry-after")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (60..=62).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
     let details = status.get_error_details();
     assert_eq!(
         details.quota_failure().expect("QuotaFailure").violations[0].subject,
@@ -133,14 +141,25 @@ async fn token_limit_counts_down_then_refuses_until_retry_after(backend: Backend
         .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
         .await
         .expect_err("over the limit");
-    assert_rate_limited(&status, "namespaces/team-a/apitokens/metered", "20");
+    // The whole minute, plus one 1.2 s bucket, rounded up.
+    assert_rate_limited(&status, "namespaces/team-a/apitokens/metered");
     assert_eq!(header(status.metadata(), "x-ratelimit-remaining"), "0");
-    // Honour retry-after: 20 s later one more call fits, not two.
-    server.clock.advance(chrono::Duration::seconds(20));
+    assert_eq!(header(status.metadata(), "x-ratelimit-window"), "60");
+    assert_eq!(header(status.metadata(), "x-ratelimit-scope"), "token");
+    // Not a moment before the window has passed...
+    server.clock.advance(chrono::Duration::seconds(60));
     client
         .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
         .await
-        .expect("after retry-after");
+        .expect_err("still within the minute (and its last bucket)");
+    // ...and after retry-after, the three calls of the first burst are free.
+    server.clock.advance(chrono::Duration::seconds(2));
+    for _ in 0..3 {
+        client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+            .expect("after retry-after");
+    }
     let status = client
         .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
         .await
@@ -188,7 +207,10 @@ async fn role_defaults_are_the_seeds(backend: Backend) {
 
 async fn namespace_aggregate_binds_every_token(backend: Backend) {
     let limits = Limits {
-        namespace_rate_limits: HashMap::from([(OTHER_NAMESPACE.to_owned(), 4)]),
+        namespace_rate_limits: HashMap::from([(
+            OTHER_NAMESPACE.to_owned(),
+            RateLimit::per_minute(4),
+        )]),
         ..Limits::default()
     };
     let Some(server) = server_with(backend, limits).await else {
@@ -219,7 +241,8 @@ async fn namespace_aggregate_binds_every_token(backend: Backend) {
         ))
         .await
         .expect_err("aggregate exhausted");
-    assert_rate_limited(&status, "namespaces/team-b", "15");
+    assert_rate_limited(&status, "namespaces/team-b");
+    assert_eq!(header(status.metadata(), "x-ratelimit-scope"), "namespace");
     // team-a has its own aggregate.
     client
         .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
@@ -229,7 +252,7 @@ async fn namespace_aggregate_binds_every_token(backend: Backend) {
 
 async fn failed_authentication_is_throttled_per_peer(backend: Backend) {
     let limits = Limits {
-        failed_auth_per_minute: 5,
+        failed_auth_limit: RateLimit::per_minute(5),
         ..Limits::default()
     };
     let Some(server) = server_with(backend, limits).await else {
@@ -253,14 +276,14 @@ async fn failed_authentication_is_throttled_per_peer(backend: Backend) {
         .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
         .await
         .expect_err("throttled");
-    assert_rate_limited(&status, "address 127.0.0.1", "12");
+    assert_rate_limited(&status, "address 127.0.0.1");
     // ...but a good token keeps working from it: one bad client behind a
     // shared address does not lock out the others.
     client
         .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
         .await
         .expect("a good token from a throttled address");
-    server.clock.advance(chrono::Duration::seconds(12));
+    server.clock.advance(chrono::Duration::seconds(62));
     let status = client
         .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
         .await
@@ -377,7 +400,7 @@ async fn rate_limit_overrides_are_validated(backend: Backend) {
     let Some(server) = server_with(backend, Limits::default()).await else {
         return;
     };
-    for bad in [-1, 100_001] {
+    for bad in [-1, 1_000_000_001] {
         let status = server
             .client()
             .await
@@ -495,13 +518,14 @@ async fn the_interceptor_enforces_limits_locally(backend: Backend) {
     }
     assert_eq!(remaining, ["2", "1", "0"]);
     let status = client.list_items(list()).await.expect_err("over the limit");
-    assert_rate_limited(&status, "namespaces/team-a/apitokens/service-caller", "20");
+    assert_rate_limited(&status, "namespaces/team-a/apitokens/service-caller");
+    assert_eq!(header(status.metadata(), "x-ratelimit-window"), "60");
     assert_eq!(
         server.calls("VerifyApiToken"),
         verifications + 1,
         "enforced by the interceptor alone"
     );
-    server.clock.advance(chrono::Duration::seconds(20));
+    server.clock.advance(chrono::Duration::seconds(62));
     client.list_items(list()).await.expect("after retry-after");
     example.stop().await;
 }
@@ -541,13 +565,13 @@ async fn the_interceptor_throttles_failing_peers(backend: Backend) {
         ))
         .await
         .expect_err("throttled");
-    assert_rate_limited(&status, "address 127.0.0.1", "20");
+    assert_rate_limited(&status, "address 127.0.0.1");
     assert_eq!(
         server.calls("VerifyApiToken"),
         verifications,
         "refused before any check"
     );
-    server.clock.advance(chrono::Duration::seconds(20));
+    server.clock.advance(chrono::Duration::seconds(62));
     client
         .list_items(authed(
             &valid,

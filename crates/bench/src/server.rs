@@ -147,6 +147,7 @@ pub(crate) async fn preload(database_url: &str, count: u64) -> Result<Vec<Secret
                 update_time: Set(now),
                 expiry_notified: Set(false),
                 rate_limit: Set(None),
+                rate_limit_window: Set(None),
                 last_use_ip: Set(None),
                 previous_secret_hash: Set(None),
                 previous_secret_expire_time: Set(None),

@@ -13,6 +13,7 @@ use apitoken_domain::{
     input::{MAX_ETAG_LEN, MAX_MASK_PATHS, quote},
     name::{Namespace, TokenName, check_id},
     page::{self, QueryFingerprint},
+    ratelimit::{self, RateLimit},
     token::{Secret, TokenFormat},
     validate::{self, Violations},
 };
@@ -27,7 +28,7 @@ use crate::{
     auth::{Authenticator, RATE_DECISION},
     convert::{api_token, from_timestamp, required},
     events::{EventHub, EventStream},
-    limits::{MAX_TOKEN_RATE_LIMIT, add_rate_headers},
+    limits::add_rate_headers,
     policy::{Policy, human},
 };
 use apitoken_store::UsageReport;
@@ -38,13 +39,15 @@ pub const DEFAULT_PAGE_SIZE: u64 = 50;
 /// Largest `page_size`; larger values are lowered to it (AIP-158).
 pub const MAX_PAGE_SIZE: u64 = 1000;
 
-/// The mutable fields of a token, as named in an update mask.
-const UPDATABLE: [&str; 5] = [
+/// The mutable fields of a token, as named in an update mask
+/// (`rate_limit`, the older form of `limit`, is taken as `limit`).
+const UPDATABLE: [&str; 6] = [
     "display_name",
     "description",
     "labels",
     "expire_time",
     "role",
+    "limit",
 ];
 
 /// The service.
@@ -209,17 +212,11 @@ impl ApiTokenService {
             violations.add("ttl", "set api_token.expire_time or ttl, not both");
         }
         let expire_time = expire_time.or_else(|| ttl.and_then(|ttl| now.checked_add_signed(ttl)));
-        let rate_limit = match u32::try_from(token.rate_limit) {
-            Ok(0) => None,
-            Ok(limit) if limit <= MAX_TOKEN_RATE_LIMIT => Some(limit),
-            _ => {
-                violations.add(
-                    "api_token.rate_limit",
-                    format!("must be from 1 to {MAX_TOKEN_RATE_LIMIT} requests a minute, or 0 for the role's default"),
-                );
-                None
-            }
-        };
+        let rate_limit = requested_limit(
+            token,
+            self.auth.limits().max_token_rate_limit,
+            &mut violations,
+        );
         let expected_name = format!(
             "{}/apitokens/{}",
             namespace.resource_name(),
@@ -445,12 +442,13 @@ impl ApiTokenService {
             now,
         );
         entry.details.insert("fields".into(), paths.join(","));
+        let max_limit = self.auth.limits().max_token_rate_limit;
         let record = self
             .store
             .update(
                 &name,
                 now,
-                |current| changes_for(&token, &paths, current, &caller, now),
+                |current| changes_for(&token, &paths, current, &caller, now, max_limit),
                 entry,
             )
             .await?;
@@ -608,15 +606,12 @@ impl ApiTokenService {
         };
         let record = self.auth.index().record(&verified.view).await?;
         let secret_expire_time = verified.secret_expire_time;
+        let namespace_limit = self.auth.namespace_limit(record.name.namespace().as_str());
         Ok(v1::VerifyApiTokenResponse {
             secret_expire_time: secret_expire_time.map(crate::convert::timestamp),
             api_token: Some(self.present(&record, self.clock.now())),
-            namespace_rate_limit: i32::try_from(
-                self.auth
-                    .limits()
-                    .namespace_limit(record.name.namespace().as_str()),
-            )
-            .unwrap_or(i32::MAX),
+            namespace_rate_limit: namespace_limit.per_minute_figure(),
+            namespace_limit: Some(ratelimit::to_proto(namespace_limit)),
         })
     }
 }
@@ -752,6 +747,81 @@ impl ApiTokenService {
     }
 }
 
+/// A token's own limit as given on create or update: `limit`, or the older
+/// `rate_limit` (a minute), or neither (`None`: the role's default). Never
+/// above `max`; every refusal names the field and the bound.
+fn requested_limit(
+    token: &v1::ApiToken,
+    max: RateLimit,
+    violations: &mut Violations,
+) -> Option<RateLimit> {
+    let requested = match (&token.limit, token.rate_limit) {
+        (Some(limit), legacy) => match ratelimit::from_proto(limit) {
+            // A token read back (both forms, agreeing) is fine.
+            Ok(limit) if legacy == 0 || legacy == limit.per_minute_figure() => limit,
+            Ok(_) => {
+                violations.add(
+                    "api_token.rate_limit",
+                    "set api_token.limit or api_token.rate_limit, not both",
+                );
+                return None;
+            }
+            Err((subfield, description)) => {
+                let field = if subfield.is_empty() {
+                    "api_token.limit".to_owned()
+                } else {
+                    format!("api_token.limit.{subfield}")
+                };
+                violations.add(field, description);
+                return None;
+            }
+        },
+        (None, 0) => return None,
+        (None, legacy) => match u32::try_from(legacy)
+            .ok()
+            .filter(|count| (1..=ratelimit::MAX_COUNT).contains(count))
+        {
+            Some(count) => RateLimit::per_minute(count),
+            None => {
+                violations.add(
+                    "api_token.rate_limit",
+                    format!(
+                        "must be from 1 to {} requests a minute, or 0 for the role's default",
+                        ratelimit::MAX_COUNT
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    if !requested.within(max) {
+        let field = if token.limit.is_some() {
+            "api_token.limit"
+        } else {
+            "api_token.rate_limit"
+        };
+        violations.add(
+            field,
+            format!(
+                "must be at most {max} ({}): the deployment's maximum for a token's own limit",
+                describe_rate_limit(max)
+            ),
+        );
+        return None;
+    }
+    Some(requested)
+}
+
+/// "120 requests a minute", or "unlimited".
+fn describe_rate_limit(limit: RateLimit) -> String {
+    match limit {
+        RateLimit::Unlimited => "unlimited".to_owned(),
+        RateLimit::Limited(limit) => {
+            format!("{} requests a {}", limit.count, limit.window.word())
+        }
+    }
+}
+
 /// `page_size` (AIP-158): 0 means the default, larger than the maximum is
 /// lowered to it, negative is a violation.
 fn page_size(violations: &mut Violations, requested: i32) -> u64 {
@@ -799,6 +869,7 @@ fn update_paths(
             !token.labels.is_empty(),
             token.expire_time.is_some(),
             token.role != 0,
+            token.limit.is_some() || token.rate_limit != 0,
         ];
         let implied: Vec<_> = UPDATABLE
             .into_iter()
@@ -823,13 +894,14 @@ fn update_paths(
     let mut violations = Violations::default();
     let mut known = Vec::new();
     for path in paths {
-        match UPDATABLE.iter().find(|field| *field == path) {
+        let path = if path == "rate_limit" { "limit" } else { path };
+        match UPDATABLE.iter().find(|field| **field == path) {
             Some(field) if !known.contains(field) => known.push(*field),
             Some(_) => {}
             None => violations.add(
                 "update_mask",
                 format!(
-                    "{} cannot be updated: use display_name, description, labels, expire_time or role",
+                    "{} cannot be updated: use display_name, description, labels, expire_time, role or limit",
                     quote(path)
                 ),
             ),
@@ -848,6 +920,7 @@ fn changes_for(
     current: &TokenRecord,
     caller: &Principal,
     now: DateTime<Utc>,
+    max_limit: RateLimit,
 ) -> Result<TokenChanges, Error> {
     if !token.etag.is_empty() && token.etag != current.etag() {
         return Err(Error::Aborted(format!(
@@ -900,6 +973,12 @@ fn changes_for(
                     changes.role = (role != current.role).then_some(role);
                 }
             },
+            "limit" => {
+                let requested = requested_limit(token, max_limit, &mut violations);
+                if requested != current.rate_limit {
+                    changes.rate_limit = Some(requested);
+                }
+            }
             _ => return Err(Error::Internal),
         }
     }
