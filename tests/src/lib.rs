@@ -46,6 +46,7 @@ pub use apitoken_proto::v1;
 pub use apitoken_server::{tls::TlsFiles, transport::TransportConfig};
 
 pub mod pki;
+pub mod services;
 
 /// The namespace of the bootstrap owner token.
 pub const NAMESPACE: &str = "team-a";
@@ -182,11 +183,19 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<S
                 eprintln!("skipped: PostgreSQL variant (set APITOKEN_TEST_POSTGRES_URL to run it)");
                 return None;
             };
-            let admin = Database::connect(admin_url.as_str())
-                .await
-                .unwrap_or_else(|err| {
-                    panic!("PostgreSQL at APITOKEN_TEST_POSTGRES_URL is unreachable: {err}")
-                });
+            Some(fresh_postgres_database(&admin_url).await)
+        }
+    }
+}
+
+/// A fresh database on the PostgreSQL server of `admin_url` (whose user may
+/// create databases).
+pub async fn fresh_postgres_database(admin_url: &str) -> String {
+    {
+        {
+            let admin = Database::connect(admin_url).await.unwrap_or_else(|err| {
+                panic!("PostgreSQL at APITOKEN_TEST_POSTGRES_URL is unreachable: {err}")
+            });
             let name = format!("apitoken_test_{}", uuid::Uuid::new_v4().simple());
             admin
                 .execute_unprepared(&format!("CREATE DATABASE {name}"))
@@ -197,7 +206,7 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<S
                 .rsplit_once('/')
                 .map(|(base, _)| base)
                 .expect("URL with a database");
-            Some(format!("{base}/{name}"))
+            format!("{base}/{name}")
         }
     }
 }
@@ -210,9 +219,26 @@ impl TestServer {
 
     /// Starts a server; `None` if the backend is not available here.
     pub async fn start_with(backend: Backend, options: Options) -> Option<TestServer> {
-        init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let database_url = fresh_database(backend, dir.path()).await?;
+        Some(Self::start_on(backend, database_url, dir, options).await)
+    }
+
+    /// Starts a server on a fresh database of the PostgreSQL server of
+    /// `admin_url` (a private cluster, say).
+    pub async fn start_on_postgres(admin_url: &str, options: Options) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database_url = fresh_postgres_database(admin_url).await;
+        Self::start_on(Backend::Postgres, database_url, dir, options).await
+    }
+
+    async fn start_on(
+        backend: Backend,
+        database_url: String,
+        dir: tempfile::TempDir,
+        options: Options,
+    ) -> TestServer {
+        init_logs();
         let clock = Arc::new(ManualClock::starting_now());
         let app = build_app(&database_url, &options, &clock).await;
         let store = app.store().clone();
@@ -227,7 +253,7 @@ impl TestServer {
         } else {
             "http"
         };
-        Some(TestServer {
+        TestServer {
             addr,
             endpoint: format!("{scheme}://{addr}"),
             backend,
@@ -242,7 +268,7 @@ impl TestServer {
             _dir: dir,
             shutdown: Some(shutdown),
             handle: Some(handle),
-        })
+        }
     }
 
     /// A client on a new connection.
@@ -354,6 +380,7 @@ impl TestServer {
         let (shutdown, handle) = spawn_app(app, listener);
         let replica = Replica {
             addr,
+            endpoint: format!("http://{addr}"),
             channel: tokio::sync::OnceCell::new(),
             shutdown: Some(shutdown),
             handle: Some(handle),
@@ -577,6 +604,8 @@ pub fn init_logs() {
 #[derive(Debug)]
 pub struct Replica {
     pub addr: SocketAddr,
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
     channel: tokio::sync::OnceCell<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), StartError>>>,
@@ -687,12 +716,43 @@ pub fn fast_settings() -> apitoken_interceptor::Settings {
     }
 }
 
+/// The gRPC health status of `service` at `addr`, or `None` if unknown.
+pub async fn health_of(addr: SocketAddr, service: &str) -> Option<i32> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .ok()?;
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()
+        .map(|reply| reply.into_inner().status)
+}
+
+/// `SERVING` as the health protocol's number.
+pub const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+
 impl ExampleService {
     /// Starts it with a new viewer token of team-a as its credential, and
     /// waits until its event stream is up.
     pub async fn start(
         server: &TestServer,
         settings: apitoken_interceptor::Settings,
+    ) -> ExampleService {
+        Self::start_on(server, &server.endpoint, settings, None).await
+    }
+
+    /// [`ExampleService::start`] against the replica at `endpoint` (its
+    /// credential is made through `server`), sharing limits through
+    /// `redis` if given.
+    pub async fn start_on(
+        server: &TestServer,
+        endpoint: &str,
+        settings: apitoken_interceptor::Settings,
+        redis: Option<apitoken_ratelimit::RedisConfig>,
     ) -> ExampleService {
         let (_, credential) = server
             .create_interceptor(&format!(
@@ -704,6 +764,28 @@ impl ExampleService {
                     .unwrap_or("x")
             ))
             .await;
+        // The replica it follows must know its credential first.
+        let channel = Channel::from_shared(endpoint.to_owned())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut check = ApiTokenServiceClient::new(channel);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while check
+            .verify_api_token(v1::VerifyApiTokenRequest {
+                secret: credential.clone(),
+                caller_address: String::new(),
+            })
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "credential never known"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let clock: SharedClock = server.clock.clone();
         let mut builder = apitoken_example::policy(
             apitoken_interceptor::ApiTokenAuth::builder()
@@ -711,6 +793,9 @@ impl ExampleService {
                 .settings(settings)
                 .clock(clock),
         );
+        if let Some(redis) = redis {
+            builder = builder.redis(redis);
+        }
         let client = &server.options.client;
         if let Some(ca) = &client.ca {
             builder = builder.tls_ca(ca.clone());
@@ -719,7 +804,7 @@ impl ExampleService {
             builder = builder.client_identity(identity.cert.clone(), identity.key.clone());
         }
         let auth = builder
-            .connect(server.endpoint.clone())
+            .connect(endpoint.to_owned())
             .await
             .expect("interceptor builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
