@@ -37,6 +37,10 @@ limit_tests!(
     the_interceptor_enforces_limits_locally,
     the_interceptor_throttles_failing_peers,
     concurrent_creates_never_overshoot_the_quota,
+    a_viewer_gets_at_most_120_in_any_minute,
+    failed_authentications_are_at_most_20_in_any_minute,
+    limits_are_data_with_a_window_and_a_maximum,
+    unlimited_tokens_are_bound_by_their_namespace,
 );
 
 /// A server with the given limits (the seeds' defaults unless changed).
@@ -647,4 +651,313 @@ async fn concurrent_creates_never_overshoot_the_quota(backend: Backend) {
             .expect("count"),
         5
     );
+}
+
+/// The any-window property on acceptance times: the most accepted within
+/// any `window` (windows starting at an accepted time are the busiest).
+fn busiest(accepted: &[chrono::DateTime<chrono::Utc>], window: chrono::Duration) -> usize {
+    accepted
+        .iter()
+        .enumerate()
+        .map(|(i, first)| {
+            accepted[i..]
+                .iter()
+                .take_while(|time| **time < *first + window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+async fn a_viewer_gets_at_most_120_in_any_minute(backend: Backend) {
+    // The measurement: 239 calls of a fresh viewer token got
+    // through in its first minute under GCRA.
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    use apitoken_domain::clock::Clock;
+    let (_, secret) = server.create("viewer", Role::Viewer).await;
+    let mut client = server.client().await;
+    let mut accepted = Vec::new();
+    // A burst of 150, then one call every 250 ms for three minutes.
+    for step in 0..870 {
+        if step >= 150 {
+            server.clock.advance(chrono::Duration::milliseconds(250));
+        }
+        if client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+            .is_ok()
+        {
+            accepted.push(server.clock.now());
+        }
+    }
+    let first_minute = accepted
+        .iter()
+        .filter(|time| **time < accepted[0] + chrono::Duration::seconds(60))
+        .count();
+    let most = busiest(&accepted, chrono::Duration::seconds(60));
+    eprintln!(
+        "viewer 120/m: {first_minute} accepted in the first minute, at most {most} in any minute, {} in 3 minutes",
+        accepted.len()
+    );
+    assert_eq!(first_minute, 120);
+    assert!(most <= 120, "{most} in one minute");
+    // At 4 a second offered, the limit is what binds: about 120 a minute.
+    assert!(accepted.len() >= 350, "{}", accepted.len());
+}
+
+async fn failed_authentications_are_at_most_20_in_any_minute(backend: Backend) {
+    // The measurement: 39 failures answered UNAUTHENTICATED in a
+    // minute under GCRA with a documented 20.
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    use apitoken_domain::clock::Clock;
+    let unknown = apitoken_domain::token::TokenFormat::default()
+        .generate()
+        .unwrap()
+        .expose()
+        .to_owned();
+    let mut client = server.client().await;
+    let mut counted = Vec::new();
+    for _ in 0..400 {
+        server.clock.advance(chrono::Duration::milliseconds(500));
+        let status = client
+            .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
+            .await
+            .expect_err("unknown");
+        match status.code() {
+            Code::Unauthenticated => counted.push(server.clock.now()),
+            Code::ResourceExhausted => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let most = busiest(&counted, chrono::Duration::seconds(60));
+    eprintln!(
+        "failed authentications 20/m: at most {most} in any minute ({} in 200 s)",
+        counted.len()
+    );
+    assert!(most <= 20, "{most} failures in one minute");
+    assert!(counted.len() >= 60, "{}", counted.len());
+}
+
+async fn create_limited(
+    server: &TestServer,
+    id: &str,
+    limit: Option<v1::RateLimit>,
+    legacy: i32,
+) -> Result<v1::ApiToken, Status> {
+    server
+        .client()
+        .await
+        .create_api_token(authed(
+            &server.owner,
+            CreateApiTokenRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                api_token_id: id.into(),
+                api_token: Some(ApiToken {
+                    role: v1::Role::Viewer.into(),
+                    limit,
+                    rate_limit: legacy,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|reply| reply.into_inner().api_token.expect("token"))
+}
+
+fn wire(text: &str) -> v1::RateLimit {
+    apitoken_domain::ratelimit::to_proto(text.parse().expect("limit"))
+}
+
+async fn limits_are_data_with_a_window_and_a_maximum(backend: Backend) {
+    let limits = Limits {
+        max_token_rate_limit: "100/m".parse().unwrap(),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    // Per second: 1 a second is 60 a minute, within 100/m.
+    let token = create_limited(&server, "per-second", Some(wire("1/s")), 0)
+        .await
+        .expect("within the maximum");
+    assert_eq!(token.limit, Some(wire("1/s")));
+    assert_eq!(token.rate_limit, 60, "the per-minute figure");
+    // Above the maximum, in any of its forms: the field and the bound named.
+    for (id, limit, legacy, field) in [
+        ("too-fast", Some(wire("2/s")), 0, "api_token.limit"),
+        ("too-many", Some(wire("101/m")), 0, "api_token.limit"),
+        ("bursty", Some(wire("101/h")), 0, "api_token.limit"),
+        ("free", Some(wire("unlimited")), 0, "api_token.limit"),
+        ("legacy", None, 101, "api_token.rate_limit"),
+    ] {
+        let status = create_limited(&server, id, limit, legacy)
+            .await
+            .expect_err("above the maximum");
+        assert_eq!(status.code(), Code::InvalidArgument, "{id}");
+        assert_eq!(bad_fields(&status), [field], "{id}");
+        assert!(status.message().contains("100/m"), "{}", status.message());
+    }
+    // Hostile shapes.
+    for (limit, field) in [
+        (
+            v1::RateLimit {
+                requests: 0,
+                window: 2,
+                unlimited: false,
+            },
+            "api_token.limit.requests",
+        ),
+        (
+            v1::RateLimit {
+                requests: 5_000_000_000,
+                window: 2,
+                unlimited: false,
+            },
+            "api_token.limit.requests",
+        ),
+        (
+            v1::RateLimit {
+                requests: 5,
+                window: 0,
+                unlimited: false,
+            },
+            "api_token.limit.window",
+        ),
+        (
+            v1::RateLimit {
+                requests: 5,
+                window: 99,
+                unlimited: false,
+            },
+            "api_token.limit.window",
+        ),
+        (
+            v1::RateLimit {
+                requests: 5,
+                window: 2,
+                unlimited: true,
+            },
+            "api_token.limit",
+        ),
+    ] {
+        let status = create_limited(&server, "hostile", Some(limit), 0)
+            .await
+            .expect_err("invalid");
+        assert_eq!(bad_fields(&status), [field]);
+    }
+    let status = create_limited(&server, "both", Some(wire("5/m")), 7)
+        .await
+        .expect_err("both forms");
+    assert_eq!(bad_fields(&status), ["api_token.rate_limit"]);
+
+    // Change it later through UpdateApiToken (mask path `limit`): enforced
+    // at once, shown in the headers with its window.
+    let secret = create_with_limit(&server, "changing", v1::Role::Viewer, 0).await;
+    let mut client = server.client().await;
+    let update = |limit: Option<v1::RateLimit>| {
+        authed(
+            &server.owner,
+            v1::UpdateApiTokenRequest {
+                api_token: Some(ApiToken {
+                    name: format!("namespaces/{NAMESPACE}/apitokens/changing"),
+                    limit,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["limit".into()],
+                }),
+            },
+        )
+    };
+    let updated = client
+        .update_api_token(update(Some(wire("2/s"))))
+        .await
+        .expect_err("2/s is 120 a minute");
+    assert_eq!(bad_fields(&updated), ["api_token.limit"]);
+    let updated = client
+        .update_api_token(update(Some(wire("1/s"))))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.limit, Some(wire("1/s")));
+    let reply = client
+        .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+        .await
+        .expect("first of the second");
+    assert_eq!(header(reply.metadata(), "x-ratelimit-limit"), "1");
+    assert_eq!(header(reply.metadata(), "x-ratelimit-window"), "1");
+    assert_eq!(
+        client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+            .expect_err("second of the second")
+            .code(),
+        Code::ResourceExhausted
+    );
+    // Unset: back to the role's default.
+    let updated = client
+        .update_api_token(update(None))
+        .await
+        .expect("reset")
+        .into_inner();
+    assert_eq!(updated.limit, Some(wire("120/m")));
+    assert_eq!(updated.rate_limit, 120);
+    client
+        .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+        .await
+        .expect("the default's own count");
+}
+
+async fn unlimited_tokens_are_bound_by_their_namespace(backend: Backend) {
+    let limits = Limits {
+        namespace_rate_limits: HashMap::from([(NAMESPACE.to_owned(), "5/m".parse().unwrap())]),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let token = create_limited(&server, "unbounded", Some(wire("unlimited")), 0)
+        .await
+        .expect("no maximum by default");
+    assert_eq!(token.rate_limit, i32::MAX);
+    let secret = server
+        .client()
+        .await
+        .regenerate_api_token(authed(
+            &server.owner,
+            v1::RegenerateApiTokenRequest {
+                name: token.name.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("regenerate")
+        .into_inner()
+        .secret;
+    let mut client = server.client().await;
+    let mut accepted = 0;
+    for _ in 0..10 {
+        match client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+        {
+            Ok(reply) => {
+                accepted += 1;
+                assert_eq!(header(reply.metadata(), "x-ratelimit-scope"), "namespace");
+                assert_eq!(
+                    reply.into_inner().namespace_limit,
+                    Some(wire("5/m")),
+                    "the namespace's limit, with its window"
+                );
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+    }
+    // The owner's Create and Regenerate used two of the five.
+    assert_eq!(accepted, 3);
 }
