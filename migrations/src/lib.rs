@@ -14,6 +14,7 @@ mod m20261123_000004_audit_and_rotation;
 mod m20261123_000005_event_watermark;
 mod m20261125_000006_interceptor_tokens;
 mod m20261202_000007_rate_limit_window;
+mod m20261202_000008_namespace_limits;
 
 /// Every migration of the product.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_event_watermark::Migration),
             Box::new(m20261125_000006_interceptor_tokens::Migration),
             Box::new(m20261202_000007_rate_limit_window::Migration),
+            Box::new(m20261202_000008_namespace_limits::Migration),
         ]
     }
 }

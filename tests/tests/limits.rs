@@ -41,6 +41,7 @@ limit_tests!(
     failed_authentications_are_at_most_20_in_any_minute,
     limits_are_data_with_a_window_and_a_maximum,
     unlimited_tokens_are_bound_by_their_namespace,
+    namespace_limits_are_data_below_the_deployment_figure,
 );
 
 /// A server with the given limits (the seeds' defaults unless changed).
@@ -960,4 +961,127 @@ async fn unlimited_tokens_are_bound_by_their_namespace(backend: Backend) {
     }
     // The owner's Create and Regenerate used two of the five.
     assert_eq!(accepted, 3);
+}
+
+async fn namespace_limits_are_data_below_the_deployment_figure(backend: Backend) {
+    let limits = Limits {
+        namespace_rate_limit: "50/m".parse().unwrap(),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let mut client = server.client().await;
+    let name = format!("namespaces/{NAMESPACE}/limits");
+    let (_, viewer) = server.create("reader", Role::Viewer).await;
+    let limits = client
+        .get_namespace_limits(authed(
+            &viewer,
+            v1::GetNamespaceLimitsRequest { name: name.clone() },
+        ))
+        .await
+        .expect("a viewer may read them")
+        .into_inner();
+    assert_eq!(limits.rate_limit, Some(wire("50/m")));
+    assert_eq!(limits.max_rate_limit, Some(wire("50/m")));
+    assert_eq!(limits.token_quota, 50);
+    assert!(limits.update_time.is_none());
+    let update = |secret: &str, limit: Option<v1::RateLimit>| {
+        authed(
+            secret,
+            v1::UpdateNamespaceLimitsRequest {
+                namespace_limits: Some(v1::NamespaceLimits {
+                    name: name.clone(),
+                    rate_limit: limit,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["rate_limit".into()],
+                }),
+            },
+        )
+    };
+    // Never above the deployment's figure; only an owner of the namespace.
+    let status = client
+        .update_namespace_limits(update(&server.owner, Some(wire("1/s"))))
+        .await
+        .expect_err("1/s is 60 a minute");
+    assert_eq!(bad_fields(&status), ["namespace_limits.rate_limit"]);
+    assert!(status.message().contains("50/m"), "{}", status.message());
+    let status = client
+        .update_namespace_limits(update(&viewer, Some(wire("5/m"))))
+        .await
+        .expect_err("a viewer");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = client
+        .update_namespace_limits(update(&server.other_owner, Some(wire("5/m"))))
+        .await
+        .expect_err("another namespace's owner");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = client
+        .get_namespace_limits(authed(
+            &viewer,
+            v1::GetNamespaceLimitsRequest {
+                name: format!("namespaces/{NAMESPACE}"),
+            },
+        ))
+        .await
+        .expect_err("not a limits name");
+    assert_eq!(bad_fields(&status), ["name"]);
+
+    // The owner lowers it: all tokens together get 4 a minute from now on
+    // (the update itself was the first).
+    let updated = client
+        .update_namespace_limits(update(&server.owner, Some(wire("4/m"))))
+        .await
+        .expect("lower")
+        .into_inner();
+    assert_eq!(updated.rate_limit, Some(wire("4/m")));
+    assert_eq!(
+        updated.updater,
+        format!("namespaces/{NAMESPACE}/apitokens/bootstrap-owner")
+    );
+    server.clock.advance(chrono::Duration::seconds(62));
+    let mut accepted = 0;
+    for secret in [
+        &viewer,
+        &server.owner,
+        &viewer,
+        &server.owner,
+        &viewer,
+        &viewer,
+    ] {
+        if client
+            .verify_api_token(authed(secret, VerifyApiTokenRequest::default()))
+            .await
+            .is_ok()
+        {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 4);
+    // Audited.
+    server.clock.advance(chrono::Duration::seconds(62));
+    let audit = client
+        .list_audit_events(authed(
+            &server.owner,
+            v1::ListAuditEventsRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                filter: format!("resource = \"{name}\""),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("audit")
+        .into_inner();
+    assert_eq!(audit.audit_events.len(), 1);
+    assert_eq!(audit.audit_events[0].details["rate_limit"], "4/m");
+    // Unset: the deployment's figure again.
+    let reset = client
+        .update_namespace_limits(update(&server.owner, None))
+        .await
+        .expect("reset")
+        .into_inner();
+    assert_eq!(reset.rate_limit, Some(wire("50/m")));
+    assert!(reset.update_time.is_none());
 }

@@ -35,6 +35,7 @@ use crate::{
     lifecycle::Lifecycle,
     limits::Limits,
     metrics::RequestCounter,
+    namespaces::NamespaceLimits,
     peer::TrustedProxies,
     policy::Policy,
     service::ApiTokenService,
@@ -263,7 +264,13 @@ impl App {
             Arc::clone(&events),
         )
         .spawn(self.config.events.expiry_sweep_interval, stopping.clone());
+        let namespaces = Arc::new(NamespaceLimits::new(self.store.clone()));
+        if let Err(error) = namespaces.load().await {
+            warn!(error = %error, "cannot read namespace limits yet; will retry");
+        }
+        let namespace_refresher = namespaces.spawn_refresher(stopping.clone());
         let auth = Authenticator::new(AuthParts {
+            namespaces,
             store: self.store.clone(),
             index: Arc::clone(&index),
             format: self.format.clone(),
@@ -385,6 +392,7 @@ impl App {
             warn!("usage flusher ended abnormally");
         }
         monitor.abort();
+        namespace_refresher.abort();
         if let Some(task) = redis_health {
             task.abort();
         }

@@ -46,6 +46,7 @@ use crate::{
     audit::{Actor, RequestContext},
     index::{AuthView, TokenIndex},
     limits::Limits,
+    namespaces::NamespaceLimits,
     peer::TrustedProxies,
     usage::UsageRecorder,
 };
@@ -100,6 +101,7 @@ pub struct Authenticator {
     usage: Arc<UsageRecorder>,
     limits: Arc<Limits>,
     limiter: Arc<Limiter>,
+    namespaces: Arc<NamespaceLimits>,
     proxies: Arc<TrustedProxies>,
 }
 
@@ -122,6 +124,8 @@ pub struct AuthParts {
     pub limits: Arc<Limits>,
     /// Where limits are counted (this process, or Redis).
     pub limiter: Arc<Limiter>,
+    /// Namespaces' own aggregate limits.
+    pub namespaces: Arc<NamespaceLimits>,
     /// Trusted proxies.
     pub proxies: Arc<TrustedProxies>,
 }
@@ -131,6 +135,7 @@ impl Authenticator {
     pub fn new(parts: AuthParts) -> Self {
         Self {
             limiter: parts.limiter,
+            namespaces: parts.namespaces,
             store: parts.store,
             index: parts.index,
             format: parts.format,
@@ -147,9 +152,16 @@ impl Authenticator {
         &self.limits
     }
 
-    /// The aggregate limit in force for `namespace`.
+    /// The aggregate limit in force for `namespace`: its own (see
+    /// [`crate::namespaces`]) within the deployment's figure, or that.
     pub fn namespace_limit(&self, namespace: &str) -> RateLimit {
-        self.limits.operator_namespace_limit(namespace)
+        self.namespaces
+            .in_force(namespace, self.limits.operator_namespace_limit(namespace))
+    }
+
+    /// Namespaces' own limits.
+    pub fn namespaces(&self) -> &Arc<NamespaceLimits> {
+        &self.namespaces
     }
 
     /// The limit in force for a token.

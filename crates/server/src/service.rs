@@ -708,6 +708,121 @@ impl ApiTokenService {
 }
 
 impl ApiTokenService {
+    /// The wire form of a namespace's limits.
+    async fn namespace_limits(&self, namespace: &Namespace) -> Result<v1::NamespaceLimits, Error> {
+        let limits = self.auth.limits();
+        let ceiling = limits.operator_namespace_limit(namespace.as_str());
+        let own = self.store.namespace_limit(namespace.as_str()).await?;
+        Ok(v1::NamespaceLimits {
+            name: format!("{}/limits", namespace.resource_name()),
+            rate_limit: Some(ratelimit::to_proto(
+                self.auth.namespace_limit(namespace.as_str()),
+            )),
+            max_rate_limit: Some(ratelimit::to_proto(ceiling)),
+            token_quota: i32::try_from(limits.quota(namespace.as_str())).unwrap_or(i32::MAX),
+            update_time: own
+                .as_ref()
+                .map(|own| crate::convert::timestamp(own.update_time)),
+            updater: own.map(|own| own.updater).unwrap_or_default(),
+        })
+    }
+
+    async fn get_namespace_limits(
+        &self,
+        request: Request<v1::GetNamespaceLimitsRequest>,
+    ) -> Result<v1::NamespaceLimits, Error> {
+        let caller = self.auth.authenticate(&request).await?;
+        let namespace = limits_namespace("name", &request.get_ref().name)?;
+        caller.authorize(namespace.as_str(), Role::Viewer)?;
+        self.namespace_limits(&namespace).await
+    }
+
+    async fn update_namespace_limits(
+        &self,
+        request: Request<v1::UpdateNamespaceLimitsRequest>,
+    ) -> Result<v1::NamespaceLimits, Error> {
+        let context = self.auth.context(&request);
+        let caller = self.auth.authenticate(&request).await?;
+        let limits = required(
+            "namespace_limits",
+            request.get_ref().namespace_limits.as_ref(),
+        )?;
+        let namespace = limits_namespace("namespace_limits.name", &limits.name)?;
+        caller.authorize(namespace.as_str(), Role::Owner)?;
+        let paths: &[String] = request
+            .get_ref()
+            .update_mask
+            .as_ref()
+            .map_or(&[], |mask| mask.paths.as_slice());
+        if paths.len() > MAX_MASK_PATHS {
+            return Err(Error::invalid(
+                "update_mask",
+                format!("must have at most {MAX_MASK_PATHS} paths"),
+            ));
+        }
+        if let Some(path) = paths
+            .iter()
+            .find(|path| !matches!(path.as_str(), "rate_limit" | "*"))
+        {
+            return Err(Error::invalid(
+                "update_mask",
+                format!("{} cannot be updated: use rate_limit", quote(path)),
+            ));
+        }
+        let ceiling = self
+            .auth
+            .limits()
+            .operator_namespace_limit(namespace.as_str());
+        let own = match &limits.rate_limit {
+            None => None,
+            Some(wire) => {
+                let limit = ratelimit::from_proto(wire).map_err(|(subfield, description)| {
+                    let field = if subfield.is_empty() {
+                        "namespace_limits.rate_limit".to_owned()
+                    } else {
+                        format!("namespace_limits.rate_limit.{subfield}")
+                    };
+                    Error::invalid(&field, description)
+                })?;
+                if !limit.within(ceiling) {
+                    return Err(Error::invalid(
+                        "namespace_limits.rate_limit",
+                        format!(
+                            "must be at most {ceiling} ({}): the deployment's figure for namespace {namespace}",
+                            describe_rate_limit(ceiling)
+                        ),
+                    ));
+                }
+                Some(limit)
+            }
+        };
+        let now = self.clock.now();
+        let resource = format!("{}/limits", namespace.resource_name());
+        let mut entry = context.entry(
+            namespace.as_str(),
+            Action::Update,
+            Actor::Token(&caller),
+            resource.clone(),
+            now,
+        );
+        entry.details.insert(
+            "rate_limit".into(),
+            own.map_or_else(|| format!("default ({ceiling})"), |own| own.to_string()),
+        );
+        self.store
+            .set_namespace_limit(
+                namespace.as_str(),
+                own,
+                &caller.name.to_string(),
+                now,
+                entry,
+            )
+            .await?;
+        self.auth.namespaces().set(namespace.as_str(), own);
+        info!(%resource, rate_limit = ?own, actor = %caller.name, "namespace limit updated");
+        self.namespace_limits(&namespace).await
+    }
+
     async fn list_audit(
         &self,
         request: Request<v1::ListAuditEventsRequest>,
@@ -820,6 +935,14 @@ fn describe_rate_limit(limit: RateLimit) -> String {
             format!("{} requests a {}", limit.count, limit.window.word())
         }
     }
+}
+
+/// The namespace of `namespaces/{namespace}/limits` given as `field`.
+fn limits_namespace(field: &str, name: &str) -> Result<Namespace, Error> {
+    let parent = name.strip_suffix("/limits").ok_or_else(|| {
+        Error::invalid(field, "must be of the form namespaces/{namespace}/limits")
+    })?;
+    Namespace::parse_parent(field, parent)
 }
 
 /// `page_size` (AIP-158): 0 means the default, larger than the maximum is
@@ -1126,5 +1249,19 @@ impl ApiTokenServiceRpc for ApiTokenService {
         request: Request<v1::VerifyApiTokenRequest>,
     ) -> Result<Response<v1::VerifyApiTokenResponse>, Status> {
         with_rate_headers(self.verify(request)).await
+    }
+
+    async fn get_namespace_limits(
+        &self,
+        request: Request<v1::GetNamespaceLimitsRequest>,
+    ) -> Result<Response<v1::NamespaceLimits>, Status> {
+        with_rate_headers(ApiTokenService::get_namespace_limits(self, request)).await
+    }
+
+    async fn update_namespace_limits(
+        &self,
+        request: Request<v1::UpdateNamespaceLimitsRequest>,
+    ) -> Result<Response<v1::NamespaceLimits>, Status> {
+        with_rate_headers(ApiTokenService::update_namespace_limits(self, request)).await
     }
 }
