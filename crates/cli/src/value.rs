@@ -19,6 +19,8 @@ pub(crate) enum Value {
     /// A number (int32 fields; int64 fields are strings, as in the proto3
     /// JSON mapping).
     Int(i64),
+    /// `true` (proto3 JSON leaves `false` out).
+    Bool(bool),
     /// A string.
     Str(String),
     /// A list.
@@ -68,6 +70,9 @@ fn write_json(value: &Value, indent: usize, out: &mut String) {
     match value {
         Value::Int(number) => {
             let _ = write!(out, "{number}");
+        }
+        Value::Bool(flag) => {
+            let _ = write!(out, "{flag}");
         }
         Value::Str(text) => quoted(text, out),
         Value::List(items) if items.is_empty() => out.push_str("[]"),
@@ -127,6 +132,9 @@ fn yaml_inline(value: &Value, out: &mut String) {
     match value {
         Value::Int(number) => {
             let _ = write!(out, "{number}");
+        }
+        Value::Bool(flag) => {
+            let _ = write!(out, "{flag}");
         }
         Value::Str(text) => yaml_string(text, out),
         Value::List(_) => out.push_str("[]"),
@@ -296,6 +304,7 @@ mod tests {
         match yaml {
             Yaml::String(text) => Value::Str(text.clone()),
             Yaml::Integer(number) => Value::Int(*number),
+            Yaml::Boolean(flag) => Value::Bool(*flag),
             Yaml::Array(items) => Value::List(items.iter().map(from_yaml).collect()),
             Yaml::Hash(entries) => Value::Map(
                 entries
@@ -316,6 +325,7 @@ mod tests {
         match json {
             serde_json::Value::String(text) => Value::Str(text.clone()),
             serde_json::Value::Number(number) => Value::Int(number.as_i64().unwrap()),
+            serde_json::Value::Bool(flag) => Value::Bool(*flag),
             serde_json::Value::Array(items) => Value::List(items.iter().map(from_json).collect()),
             serde_json::Value::Object(entries) => Value::Map(
                 entries
