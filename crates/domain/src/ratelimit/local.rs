@@ -75,8 +75,13 @@ pub fn decide(now: i64, outcomes: &[(Check<'_>, Limit, Admission)]) -> Option<De
 #[derive(Debug)]
 pub struct LocalLimiter {
     clock: SharedClock,
-    counters: Mutex<Table<Key, Counter>>,
+    counters: Mutex<Table<Group, HashMap<Box<str>, Counter>>>,
 }
+
+/// One map of counters per scope and window (a limit whose window changes
+/// starts a new count), keyed by token uid or namespace and looked up by
+/// `&str`: a check allocates nothing for a key already counted.
+type Group = (super::Scope, super::Window);
 
 /// A map and when it was last pruned.
 #[derive(Debug)]
@@ -94,10 +99,10 @@ impl<K, V> Default for Table<K, V> {
     }
 }
 
-impl<K: Eq + std::hash::Hash, V> Table<K, V> {
-    /// Whether the table is full and may be pruned now.
-    fn should_prune(&mut self, now: i64) -> bool {
-        if self.map.len() < PRUNE_ABOVE || now.saturating_sub(self.pruned_at) < PRUNE_EVERY {
+impl<K, V> Table<K, V> {
+    /// Whether a table holding `keys` keys is full and may be pruned now.
+    fn should_prune(&mut self, keys: usize, now: i64) -> bool {
+        if keys < PRUNE_ABOVE || now.saturating_sub(self.pruned_at) < PRUNE_EVERY {
             return false;
         }
         self.pruned_at = now;
@@ -105,13 +110,38 @@ impl<K: Eq + std::hash::Hash, V> Table<K, V> {
     }
 }
 
-/// A counter's key: scope, token uid or namespace, window (a limit whose
-/// window changes starts a new count).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    scope: super::Scope,
-    key: Box<str>,
-    window: super::Window,
+impl Table<Group, HashMap<Box<str>, Counter>> {
+    fn keys(&self) -> usize {
+        self.map.values().map(HashMap::len).sum()
+    }
+
+    fn prune_if_full(&mut self, now: i64) {
+        let keys = self.keys();
+        if self.should_prune(keys, now) {
+            for ((_, window), counters) in &mut self.map {
+                counters.retain(|_, counter| {
+                    counter.expire(now, window.micros());
+                    !counter.is_empty()
+                });
+            }
+        }
+    }
+
+    fn get_mut(&mut self, check: &Check<'_>, limit: Limit) -> Option<&mut Counter> {
+        self.map
+            .get_mut(&(check.scope, limit.window))?
+            .get_mut(check.key)
+    }
+
+    /// The counter of `check`'s key, made if new (the key is copied only
+    /// then). Always `Some`.
+    fn counter(&mut self, check: &Check<'_>, limit: Limit) -> Option<&mut Counter> {
+        let counters = self.map.entry((check.scope, limit.window)).or_default();
+        if !counters.contains_key(check.key) {
+            counters.insert(check.key.into(), Counter::default());
+        }
+        counters.get_mut(check.key)
+    }
 }
 
 impl LocalLimiter {
@@ -129,26 +159,24 @@ impl LocalLimiter {
     pub fn check(&self, checks: &[Check<'_>]) -> Option<Decision> {
         let now = micros(self.clock.as_ref());
         let mut table = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.should_prune(now) {
-            prune(&mut table.map, now);
-        }
-        let counters = &mut table.map;
+        table.prune_if_full(now);
         let mut outcomes = Vec::with_capacity(checks.len());
         for check in checks {
             let RateLimit::Limited(limit) = check.limit else {
                 continue;
             };
-            let admission = counters.get_mut(&lookup(check, limit)).map_or_else(
-                || Counter::default().peek(now, limit),
-                |counter| counter.peek(now, limit),
-            );
+            let admission = match table.get_mut(check, limit) {
+                Some(counter) => counter.peek(now, limit),
+                None => Counter::default().peek(now, limit),
+            };
             outcomes.push((*check, limit, admission));
         }
         let decision = decide(now, &outcomes)?;
         if decision.allowed {
             for (check, limit, admission) in &mut outcomes {
-                let counter = counters.entry(lookup(check, *limit)).or_default();
-                *admission = counter.admit(now, *limit);
+                if let Some(counter) = table.counter(check, *limit) {
+                    *admission = counter.admit(now, *limit);
+                }
             }
         }
         // The figures after counting this request.
@@ -161,16 +189,12 @@ impl LocalLimiter {
     pub fn record(&self, checks: &[Check<'_>]) {
         let now = micros(self.clock.as_ref());
         let mut table = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.should_prune(now) {
-            prune(&mut table.map, now);
-        }
+        table.prune_if_full(now);
         for check in checks {
-            if let RateLimit::Limited(limit) = check.limit {
-                table
-                    .map
-                    .entry(lookup(check, limit))
-                    .or_default()
-                    .record(now, limit.window.micros());
+            if let RateLimit::Limited(limit) = check.limit
+                && let Some(counter) = table.counter(check, limit)
+            {
+                counter.record(now, limit.window.micros());
             }
         }
     }
@@ -180,24 +204,8 @@ impl LocalLimiter {
         self.counters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .len()
+            .keys()
     }
-}
-
-fn lookup(check: &Check<'_>, limit: Limit) -> Key {
-    Key {
-        scope: check.scope,
-        key: check.key.into(),
-        window: limit.window,
-    }
-}
-
-fn prune(counters: &mut HashMap<Key, Counter>, now: i64) {
-    counters.retain(|key, counter| {
-        counter.expire(now, key.window.micros());
-        !counter.is_empty()
-    });
 }
 
 /// Failed authentications per address: at most `limit` counted in any
@@ -254,7 +262,8 @@ impl LocalThrottle {
         let now = micros(self.clock.as_ref());
         let window = self.limit.window.micros();
         let mut table = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        if !table.map.contains_key(&peer) && table.should_prune(now) {
+        let addresses = table.map.len();
+        if !table.map.contains_key(&peer) && table.should_prune(addresses, now) {
             table.map.retain(|_, entry| {
                 entry.counter.expire(now, window);
                 !entry.counter.is_empty()
