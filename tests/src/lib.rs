@@ -765,9 +765,7 @@ impl ExampleService {
             ))
             .await;
         // The replica it follows must know its credential first.
-        let channel = Channel::from_shared(endpoint.to_owned())
-            .expect("uri")
-            .connect()
+        let channel = apitoken_proto::endpoint::connect(endpoint, &server.options.client)
             .await
             .expect("connect");
         let mut check = ApiTokenServiceClient::new(channel);
