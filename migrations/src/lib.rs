@@ -13,6 +13,8 @@ mod m20261123_000003_add_rate_limit_and_last_use_ip;
 mod m20261123_000004_audit_and_rotation;
 mod m20261123_000005_event_watermark;
 mod m20261125_000006_interceptor_tokens;
+mod m20261202_000007_rate_limit_window;
+mod m20261202_000008_namespace_limits;
 
 /// Every migration of the product.
 #[derive(Debug)]
@@ -28,6 +30,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_audit_and_rotation::Migration),
             Box::new(m20261123_000005_event_watermark::Migration),
             Box::new(m20261125_000006_interceptor_tokens::Migration),
+            Box::new(m20261202_000007_rate_limit_window::Migration),
+            Box::new(m20261202_000008_namespace_limits::Migration),
         ]
     }
 }

@@ -21,6 +21,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use apitoken_domain::{
     Role,
     clock::{ManualClock, SharedClock},
+    ratelimit::RateLimit,
 };
 use apitoken_proto::v1::{
     ApiToken, CreateApiTokenRequest, api_token_service_client::ApiTokenServiceClient,
@@ -46,6 +47,7 @@ pub use apitoken_proto::v1;
 pub use apitoken_server::{tls::TlsFiles, transport::TransportConfig};
 
 pub mod pki;
+pub mod services;
 
 /// The namespace of the bootstrap owner token.
 pub const NAMESPACE: &str = "team-a";
@@ -101,16 +103,47 @@ pub struct Options {
     pub transport: TransportConfig,
     /// How the harness's clients connect (CA, client certificate).
     pub client: ConnectOptions,
+    /// Shared limits (see [`redis_config`]).
+    pub redis: Option<apitoken_ratelimit::RedisConfig>,
 }
 
 /// Limits that tests of other features never reach.
 pub fn generous_limits() -> Limits {
     Limits {
-        role_rate_limits: [1_000_000; 3],
-        namespace_rate_limit: 1_000_000,
-        failed_auth_per_minute: 1_000_000,
+        role_rate_limits: [RateLimit::Unlimited; 3],
+        namespace_rate_limit: RateLimit::Unlimited,
+        failed_auth_limit: RateLimit::Unlimited,
         token_quota: 10_000,
         ..Limits::default()
+    }
+}
+
+/// The Redis of the shared-limit tests (`APITOKEN_TEST_REDIS_URL`, e.g.
+/// `redis://127.0.0.1:6379`), or `None` (they print that they were
+/// skipped) unless `APITOKEN_REQUIRE_REDIS=1` (CI), which makes a missing
+/// one a failure.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("APITOKEN_TEST_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var("APITOKEN_REQUIRE_REDIS").is_err(),
+                "APITOKEN_REQUIRE_REDIS is set but APITOKEN_TEST_REDIS_URL is not"
+            );
+            eprintln!("skipped: shared limits (set APITOKEN_TEST_REDIS_URL to run them)");
+            None
+        }
+    }
+}
+
+/// Shared limits on `url` under a key prefix of their own (tests never
+/// see each other's counts), probed every 50 ms.
+pub fn redis_config(url: &str) -> apitoken_ratelimit::RedisConfig {
+    apitoken_ratelimit::RedisConfig {
+        key_prefix: format!("apitoken-test-{}", uuid::Uuid::new_v4().simple()),
+        probe_interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(100),
+        ..apitoken_ratelimit::RedisConfig::new(url)
     }
 }
 
@@ -132,6 +165,7 @@ impl Default for Options {
             trusted_proxies: Default::default(),
             transport: TransportConfig::default(),
             client: ConnectOptions::default(),
+            redis: None,
         }
     }
 }
@@ -150,11 +184,19 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<S
                 eprintln!("skipped: PostgreSQL variant (set APITOKEN_TEST_POSTGRES_URL to run it)");
                 return None;
             };
-            let admin = Database::connect(admin_url.as_str())
-                .await
-                .unwrap_or_else(|err| {
-                    panic!("PostgreSQL at APITOKEN_TEST_POSTGRES_URL is unreachable: {err}")
-                });
+            Some(fresh_postgres_database(&admin_url).await)
+        }
+    }
+}
+
+/// A fresh database on the PostgreSQL server of `admin_url` (whose user may
+/// create databases).
+pub async fn fresh_postgres_database(admin_url: &str) -> String {
+    {
+        {
+            let admin = Database::connect(admin_url).await.unwrap_or_else(|err| {
+                panic!("PostgreSQL at APITOKEN_TEST_POSTGRES_URL is unreachable: {err}")
+            });
             let name = format!("apitoken_test_{}", uuid::Uuid::new_v4().simple());
             admin
                 .execute_unprepared(&format!("CREATE DATABASE {name}"))
@@ -165,7 +207,7 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<S
                 .rsplit_once('/')
                 .map(|(base, _)| base)
                 .expect("URL with a database");
-            Some(format!("{base}/{name}"))
+            format!("{base}/{name}")
         }
     }
 }
@@ -178,9 +220,26 @@ impl TestServer {
 
     /// Starts a server; `None` if the backend is not available here.
     pub async fn start_with(backend: Backend, options: Options) -> Option<TestServer> {
-        init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let database_url = fresh_database(backend, dir.path()).await?;
+        Some(Self::start_on(backend, database_url, dir, options).await)
+    }
+
+    /// Starts a server on a fresh database of the PostgreSQL server of
+    /// `admin_url` (a private cluster, say).
+    pub async fn start_on_postgres(admin_url: &str, options: Options) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database_url = fresh_postgres_database(admin_url).await;
+        Self::start_on(Backend::Postgres, database_url, dir, options).await
+    }
+
+    async fn start_on(
+        backend: Backend,
+        database_url: String,
+        dir: tempfile::TempDir,
+        options: Options,
+    ) -> TestServer {
+        init_logs();
         let clock = Arc::new(ManualClock::starting_now());
         let app = build_app(&database_url, &options, &clock).await;
         let store = app.store().clone();
@@ -195,7 +254,7 @@ impl TestServer {
         } else {
             "http"
         };
-        Some(TestServer {
+        TestServer {
             addr,
             endpoint: format!("{scheme}://{addr}"),
             backend,
@@ -210,7 +269,7 @@ impl TestServer {
             _dir: dir,
             shutdown: Some(shutdown),
             handle: Some(handle),
-        })
+        }
     }
 
     /// A client on a new connection.
@@ -322,6 +381,7 @@ impl TestServer {
         let (shutdown, handle) = spawn_app(app, listener);
         let replica = Replica {
             addr,
+            endpoint: format!("http://{addr}"),
             channel: tokio::sync::OnceCell::new(),
             shutdown: Some(shutdown),
             handle: Some(handle),
@@ -434,6 +494,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.policy = options.policy.clone();
     config.trusted_proxies = options.trusted_proxies.clone();
     config.transport = options.transport.clone();
+    config.redis = options.redis.clone();
     // Retention runs every 10 minutes in production; tests move the clock
     // and want it applied promptly.
     config.policy.retention_interval = Duration::from_millis(100);
@@ -548,6 +609,8 @@ pub fn init_logs() {
 #[derive(Debug)]
 pub struct Replica {
     pub addr: SocketAddr,
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
     channel: tokio::sync::OnceCell<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), StartError>>>,
@@ -662,12 +725,43 @@ pub fn fast_settings() -> apitoken_interceptor::Settings {
     }
 }
 
+/// The gRPC health status of `service` at `addr`, or `None` if unknown.
+pub async fn health_of(addr: SocketAddr, service: &str) -> Option<i32> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .ok()?;
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()
+        .map(|reply| reply.into_inner().status)
+}
+
+/// `SERVING` as the health protocol's number.
+pub const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+
 impl ExampleService {
     /// Starts it with a new viewer token of team-a as its credential, and
     /// waits until its event stream is up.
     pub async fn start(
         server: &TestServer,
         settings: apitoken_interceptor::Settings,
+    ) -> ExampleService {
+        Self::start_on(server, &server.endpoint, settings, None).await
+    }
+
+    /// [`ExampleService::start`] against the replica at `endpoint` (its
+    /// credential is made through `server`), sharing limits through
+    /// `redis` if given.
+    pub async fn start_on(
+        server: &TestServer,
+        endpoint: &str,
+        settings: apitoken_interceptor::Settings,
+        redis: Option<apitoken_ratelimit::RedisConfig>,
     ) -> ExampleService {
         let (_, credential) = server
             .create_interceptor(&format!(
@@ -679,6 +773,26 @@ impl ExampleService {
                     .unwrap_or("x")
             ))
             .await;
+        // The replica it follows must know its credential first.
+        let channel = apitoken_proto::endpoint::connect(endpoint, &server.options.client)
+            .await
+            .expect("connect");
+        let mut check = ApiTokenServiceClient::new(channel);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while check
+            .verify_api_token(v1::VerifyApiTokenRequest {
+                secret: credential.clone(),
+                caller_address: String::new(),
+            })
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "credential never known"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let clock: SharedClock = server.clock.clone();
         let mut builder = apitoken_example::policy(
             apitoken_interceptor::ApiTokenAuth::builder()
@@ -686,6 +800,9 @@ impl ExampleService {
                 .settings(settings)
                 .clock(clock),
         );
+        if let Some(redis) = redis {
+            builder = builder.redis(redis);
+        }
         let client = &server.options.client;
         if let Some(ca) = &client.ca {
             builder = builder.tls_ca(ca.clone());
@@ -694,7 +811,7 @@ impl ExampleService {
             builder = builder.client_identity(identity.cert.clone(), identity.key.clone());
         }
         let auth = builder
-            .connect(server.endpoint.clone())
+            .connect(endpoint.to_owned())
             .await
             .expect("interceptor builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

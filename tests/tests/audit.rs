@@ -77,7 +77,7 @@ async fn trail(server: &TestServer, filter: &str) -> Vec<v1::AuditEvent> {
 
 async fn a_scripted_sequence_leaves_exactly_its_trail(backend: Backend) {
     let limits = Limits {
-        failed_auth_per_minute: 3,
+        failed_auth_limit: apitoken_domain::ratelimit::RateLimit::per_minute(3),
         ..generous_limits()
     };
     let Some(server) = TestServer::start_with(

@@ -759,7 +759,7 @@ async fn unauthenticated_callers_choose_no_audit_log(backend: apitoken_tests::Ba
         backend,
         Options {
             limits: apitoken_server::limits::Limits {
-                failed_auth_per_minute: 3,
+                failed_auth_limit: apitoken_domain::ratelimit::RateLimit::per_minute(3),
                 ..apitoken_tests::generous_limits()
             },
             ..Options::default()

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use apitoken_domain::Role;
+use apitoken_domain::{Role, ratelimit::RateLimit};
 use apitoken_example::pb::ListItemsRequest;
 use apitoken_server::limits::Limits;
 use apitoken_tests::{
@@ -37,6 +37,11 @@ limit_tests!(
     the_interceptor_enforces_limits_locally,
     the_interceptor_throttles_failing_peers,
     concurrent_creates_never_overshoot_the_quota,
+    a_viewer_gets_at_most_120_in_any_minute,
+    failed_authentications_are_at_most_20_in_any_minute,
+    limits_are_data_with_a_window_and_a_maximum,
+    unlimited_tokens_are_bound_by_their_namespace,
+    namespace_limits_are_data_below_the_deployment_figure,
 );
 
 /// A server with the given limits (the seeds' defaults unless changed).
@@ -88,9 +93,17 @@ async fn create_with_limit(
         .secret
 }
 
-fn assert_rate_limited(status: &Status, subject: &str, retry_after: &str) {
+/// A refusal by a limit of a minute: `retry-after` is the rest of the
+/// window plus at most one 1.2 s bucket, in whole seconds.
+fn assert_rate_limited(status: &Status, subject: &str) {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert_eq!(header(status.metadata(), "retry-after"), retry_after);
+    let retry_after: u64 = header(status.metadata(), "retry-after")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (60..=62).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
     let details = status.get_error_details();
     assert_eq!(
         details.quota_failure().expect("QuotaFailure").violations[0].subject,
@@ -133,14 +146,25 @@ async fn token_limit_counts_down_then_refuses_until_retry_after(backend: Backend
         .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
         .await
         .expect_err("over the limit");
-    assert_rate_limited(&status, "namespaces/team-a/apitokens/metered", "20");
+    // The whole minute, plus one 1.2 s bucket, rounded up.
+    assert_rate_limited(&status, "namespaces/team-a/apitokens/metered");
     assert_eq!(header(status.metadata(), "x-ratelimit-remaining"), "0");
-    // Honour retry-after: 20 s later one more call fits, not two.
-    server.clock.advance(chrono::Duration::seconds(20));
+    assert_eq!(header(status.metadata(), "x-ratelimit-window"), "60");
+    assert_eq!(header(status.metadata(), "x-ratelimit-scope"), "token");
+    // Not a moment before the window has passed...
+    server.clock.advance(chrono::Duration::seconds(60));
     client
         .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
         .await
-        .expect("after retry-after");
+        .expect_err("still within the minute (and its last bucket)");
+    // ...and after retry-after, the three calls of the first burst are free.
+    server.clock.advance(chrono::Duration::seconds(2));
+    for _ in 0..3 {
+        client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+            .expect("after retry-after");
+    }
     let status = client
         .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
         .await
@@ -188,7 +212,10 @@ async fn role_defaults_are_the_seeds(backend: Backend) {
 
 async fn namespace_aggregate_binds_every_token(backend: Backend) {
     let limits = Limits {
-        namespace_rate_limits: HashMap::from([(OTHER_NAMESPACE.to_owned(), 4)]),
+        namespace_rate_limits: HashMap::from([(
+            OTHER_NAMESPACE.to_owned(),
+            RateLimit::per_minute(4),
+        )]),
         ..Limits::default()
     };
     let Some(server) = server_with(backend, limits).await else {
@@ -219,7 +246,8 @@ async fn namespace_aggregate_binds_every_token(backend: Backend) {
         ))
         .await
         .expect_err("aggregate exhausted");
-    assert_rate_limited(&status, "namespaces/team-b", "15");
+    assert_rate_limited(&status, "namespaces/team-b");
+    assert_eq!(header(status.metadata(), "x-ratelimit-scope"), "namespace");
     // team-a has its own aggregate.
     client
         .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
@@ -229,7 +257,7 @@ async fn namespace_aggregate_binds_every_token(backend: Backend) {
 
 async fn failed_authentication_is_throttled_per_peer(backend: Backend) {
     let limits = Limits {
-        failed_auth_per_minute: 5,
+        failed_auth_limit: RateLimit::per_minute(5),
         ..Limits::default()
     };
     let Some(server) = server_with(backend, limits).await else {
@@ -253,14 +281,14 @@ async fn failed_authentication_is_throttled_per_peer(backend: Backend) {
         .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
         .await
         .expect_err("throttled");
-    assert_rate_limited(&status, "address 127.0.0.1", "12");
+    assert_rate_limited(&status, "address 127.0.0.1");
     // ...but a good token keeps working from it: one bad client behind a
     // shared address does not lock out the others.
     client
         .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
         .await
         .expect("a good token from a throttled address");
-    server.clock.advance(chrono::Duration::seconds(12));
+    server.clock.advance(chrono::Duration::seconds(62));
     let status = client
         .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
         .await
@@ -377,7 +405,7 @@ async fn rate_limit_overrides_are_validated(backend: Backend) {
     let Some(server) = server_with(backend, Limits::default()).await else {
         return;
     };
-    for bad in [-1, 100_001] {
+    for bad in [-1, 1_000_000_001] {
         let status = server
             .client()
             .await
@@ -495,13 +523,14 @@ async fn the_interceptor_enforces_limits_locally(backend: Backend) {
     }
     assert_eq!(remaining, ["2", "1", "0"]);
     let status = client.list_items(list()).await.expect_err("over the limit");
-    assert_rate_limited(&status, "namespaces/team-a/apitokens/service-caller", "20");
+    assert_rate_limited(&status, "namespaces/team-a/apitokens/service-caller");
+    assert_eq!(header(status.metadata(), "x-ratelimit-window"), "60");
     assert_eq!(
         server.calls("VerifyApiToken"),
         verifications + 1,
         "enforced by the interceptor alone"
     );
-    server.clock.advance(chrono::Duration::seconds(20));
+    server.clock.advance(chrono::Duration::seconds(62));
     client.list_items(list()).await.expect("after retry-after");
     example.stop().await;
 }
@@ -541,13 +570,13 @@ async fn the_interceptor_throttles_failing_peers(backend: Backend) {
         ))
         .await
         .expect_err("throttled");
-    assert_rate_limited(&status, "address 127.0.0.1", "20");
+    assert_rate_limited(&status, "address 127.0.0.1");
     assert_eq!(
         server.calls("VerifyApiToken"),
         verifications,
         "refused before any check"
     );
-    server.clock.advance(chrono::Duration::seconds(20));
+    server.clock.advance(chrono::Duration::seconds(62));
     client
         .list_items(authed(
             &valid,
@@ -623,4 +652,436 @@ async fn concurrent_creates_never_overshoot_the_quota(backend: Backend) {
             .expect("count"),
         5
     );
+}
+
+/// The any-window property on acceptance times: the most accepted within
+/// any `window` (windows starting at an accepted time are the busiest).
+fn busiest(accepted: &[chrono::DateTime<chrono::Utc>], window: chrono::Duration) -> usize {
+    accepted
+        .iter()
+        .enumerate()
+        .map(|(i, first)| {
+            accepted[i..]
+                .iter()
+                .take_while(|time| **time < *first + window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+async fn a_viewer_gets_at_most_120_in_any_minute(backend: Backend) {
+    // The measurement: 239 calls of a fresh viewer token got
+    // through in its first minute under GCRA.
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    use apitoken_domain::clock::Clock;
+    let (_, secret) = server.create("viewer", Role::Viewer).await;
+    let mut client = server.client().await;
+    let mut accepted = Vec::new();
+    // A burst of 150, then one call every 250 ms for three minutes.
+    for step in 0..870 {
+        if step >= 150 {
+            server.clock.advance(chrono::Duration::milliseconds(250));
+        }
+        if client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+            .is_ok()
+        {
+            accepted.push(server.clock.now());
+        }
+    }
+    let first_minute = accepted
+        .iter()
+        .filter(|time| **time < accepted[0] + chrono::Duration::seconds(60))
+        .count();
+    let most = busiest(&accepted, chrono::Duration::seconds(60));
+    eprintln!(
+        "viewer 120/m: {first_minute} accepted in the first minute, at most {most} in any minute, {} in 3 minutes",
+        accepted.len()
+    );
+    assert_eq!(first_minute, 120);
+    assert!(most <= 120, "{most} in one minute");
+    // At 4 a second offered, the limit is what binds: about 120 a minute.
+    assert!(accepted.len() >= 350, "{}", accepted.len());
+}
+
+async fn failed_authentications_are_at_most_20_in_any_minute(backend: Backend) {
+    // The measurement: 39 failures answered UNAUTHENTICATED in a
+    // minute under GCRA with a documented 20.
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    use apitoken_domain::clock::Clock;
+    let unknown = apitoken_domain::token::TokenFormat::default()
+        .generate()
+        .unwrap()
+        .expose()
+        .to_owned();
+    let mut client = server.client().await;
+    let mut counted = Vec::new();
+    for _ in 0..400 {
+        server.clock.advance(chrono::Duration::milliseconds(500));
+        let status = client
+            .verify_api_token(authed(&unknown, VerifyApiTokenRequest::default()))
+            .await
+            .expect_err("unknown");
+        match status.code() {
+            Code::Unauthenticated => counted.push(server.clock.now()),
+            Code::ResourceExhausted => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let most = busiest(&counted, chrono::Duration::seconds(60));
+    eprintln!(
+        "failed authentications 20/m: at most {most} in any minute ({} in 200 s)",
+        counted.len()
+    );
+    assert!(most <= 20, "{most} failures in one minute");
+    assert!(counted.len() >= 60, "{}", counted.len());
+}
+
+async fn create_limited(
+    server: &TestServer,
+    id: &str,
+    limit: Option<v1::RateLimit>,
+    legacy: i32,
+) -> Result<v1::ApiToken, Status> {
+    server
+        .client()
+        .await
+        .create_api_token(authed(
+            &server.owner,
+            CreateApiTokenRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                api_token_id: id.into(),
+                api_token: Some(ApiToken {
+                    role: v1::Role::Viewer.into(),
+                    limit,
+                    rate_limit: legacy,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|reply| reply.into_inner().api_token.expect("token"))
+}
+
+fn wire(text: &str) -> v1::RateLimit {
+    apitoken_domain::ratelimit::to_proto(text.parse().expect("limit"))
+}
+
+async fn limits_are_data_with_a_window_and_a_maximum(backend: Backend) {
+    let limits = Limits {
+        max_token_rate_limit: "100/m".parse().unwrap(),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    // Per second: 1 a second is 60 a minute, within 100/m.
+    let token = create_limited(&server, "per-second", Some(wire("1/s")), 0)
+        .await
+        .expect("within the maximum");
+    assert_eq!(token.limit, Some(wire("1/s")));
+    assert_eq!(token.rate_limit, 60, "the per-minute figure");
+    // Above the maximum, in any of its forms: the field and the bound named.
+    for (id, limit, legacy, field) in [
+        ("too-fast", Some(wire("2/s")), 0, "api_token.limit"),
+        ("too-many", Some(wire("101/m")), 0, "api_token.limit"),
+        ("bursty", Some(wire("101/h")), 0, "api_token.limit"),
+        ("free", Some(wire("unlimited")), 0, "api_token.limit"),
+        ("legacy", None, 101, "api_token.rate_limit"),
+    ] {
+        let status = create_limited(&server, id, limit, legacy)
+            .await
+            .expect_err("above the maximum");
+        assert_eq!(status.code(), Code::InvalidArgument, "{id}");
+        assert_eq!(bad_fields(&status), [field], "{id}");
+        assert!(status.message().contains("100/m"), "{}", status.message());
+    }
+    // Hostile shapes.
+    for (limit, field) in [
+        (
+            v1::RateLimit {
+                requests: 0,
+                window: 2,
+                unlimited: false,
+            },
+            "api_token.limit.requests",
+        ),
+        (
+            v1::RateLimit {
+                requests: 5_000_000_000,
+                window: 2,
+                unlimited: false,
+            },
+            "api_token.limit.requests",
+        ),
+        (
+            v1::RateLimit {
+                requests: 5,
+                window: 0,
+                unlimited: false,
+            },
+            "api_token.limit.window",
+        ),
+        (
+            v1::RateLimit {
+                requests: 5,
+                window: 99,
+                unlimited: false,
+            },
+            "api_token.limit.window",
+        ),
+        (
+            v1::RateLimit {
+                requests: 5,
+                window: 2,
+                unlimited: true,
+            },
+            "api_token.limit",
+        ),
+    ] {
+        let status = create_limited(&server, "hostile", Some(limit), 0)
+            .await
+            .expect_err("invalid");
+        assert_eq!(bad_fields(&status), [field]);
+    }
+    let status = create_limited(&server, "both", Some(wire("5/m")), 7)
+        .await
+        .expect_err("both forms");
+    assert_eq!(bad_fields(&status), ["api_token.rate_limit"]);
+
+    // Change it later through UpdateApiToken (mask path `limit`): enforced
+    // at once, shown in the headers with its window.
+    let secret = create_with_limit(&server, "changing", v1::Role::Viewer, 0).await;
+    let mut client = server.client().await;
+    let update = |limit: Option<v1::RateLimit>| {
+        authed(
+            &server.owner,
+            v1::UpdateApiTokenRequest {
+                api_token: Some(ApiToken {
+                    name: format!("namespaces/{NAMESPACE}/apitokens/changing"),
+                    limit,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["limit".into()],
+                }),
+            },
+        )
+    };
+    let updated = client
+        .update_api_token(update(Some(wire("2/s"))))
+        .await
+        .expect_err("2/s is 120 a minute");
+    assert_eq!(bad_fields(&updated), ["api_token.limit"]);
+    let updated = client
+        .update_api_token(update(Some(wire("1/s"))))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.limit, Some(wire("1/s")));
+    let reply = client
+        .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+        .await
+        .expect("first of the second");
+    assert_eq!(header(reply.metadata(), "x-ratelimit-limit"), "1");
+    assert_eq!(header(reply.metadata(), "x-ratelimit-window"), "1");
+    assert_eq!(
+        client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+            .expect_err("second of the second")
+            .code(),
+        Code::ResourceExhausted
+    );
+    // Unset: back to the role's default.
+    let updated = client
+        .update_api_token(update(None))
+        .await
+        .expect("reset")
+        .into_inner();
+    assert_eq!(updated.limit, Some(wire("120/m")));
+    assert_eq!(updated.rate_limit, 120);
+    client
+        .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+        .await
+        .expect("the default's own count");
+}
+
+async fn unlimited_tokens_are_bound_by_their_namespace(backend: Backend) {
+    let limits = Limits {
+        namespace_rate_limits: HashMap::from([(NAMESPACE.to_owned(), "5/m".parse().unwrap())]),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let token = create_limited(&server, "unbounded", Some(wire("unlimited")), 0)
+        .await
+        .expect("no maximum by default");
+    assert_eq!(token.rate_limit, i32::MAX);
+    let secret = server
+        .client()
+        .await
+        .regenerate_api_token(authed(
+            &server.owner,
+            v1::RegenerateApiTokenRequest {
+                name: token.name.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("regenerate")
+        .into_inner()
+        .secret;
+    let mut client = server.client().await;
+    let mut accepted = 0;
+    for _ in 0..10 {
+        match client
+            .verify_api_token(authed(&secret, VerifyApiTokenRequest::default()))
+            .await
+        {
+            Ok(reply) => {
+                accepted += 1;
+                assert_eq!(header(reply.metadata(), "x-ratelimit-scope"), "namespace");
+                assert_eq!(
+                    reply.into_inner().namespace_limit,
+                    Some(wire("5/m")),
+                    "the namespace's limit, with its window"
+                );
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+    }
+    // The owner's Create and Regenerate used two of the five.
+    assert_eq!(accepted, 3);
+}
+
+async fn namespace_limits_are_data_below_the_deployment_figure(backend: Backend) {
+    let limits = Limits {
+        namespace_rate_limit: "50/m".parse().unwrap(),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let mut client = server.client().await;
+    let name = format!("namespaces/{NAMESPACE}/limits");
+    let (_, viewer) = server.create("reader", Role::Viewer).await;
+    let limits = client
+        .get_namespace_limits(authed(
+            &viewer,
+            v1::GetNamespaceLimitsRequest { name: name.clone() },
+        ))
+        .await
+        .expect("a viewer may read them")
+        .into_inner();
+    assert_eq!(limits.rate_limit, Some(wire("50/m")));
+    assert_eq!(limits.max_rate_limit, Some(wire("50/m")));
+    assert_eq!(limits.token_quota, 50);
+    assert!(limits.update_time.is_none());
+    let update = |secret: &str, limit: Option<v1::RateLimit>| {
+        authed(
+            secret,
+            v1::UpdateNamespaceLimitsRequest {
+                namespace_limits: Some(v1::NamespaceLimits {
+                    name: name.clone(),
+                    rate_limit: limit,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["rate_limit".into()],
+                }),
+            },
+        )
+    };
+    // Never above the deployment's figure; only an owner of the namespace.
+    let status = client
+        .update_namespace_limits(update(&server.owner, Some(wire("1/s"))))
+        .await
+        .expect_err("1/s is 60 a minute");
+    assert_eq!(bad_fields(&status), ["namespace_limits.rate_limit"]);
+    assert!(status.message().contains("50/m"), "{}", status.message());
+    let status = client
+        .update_namespace_limits(update(&viewer, Some(wire("5/m"))))
+        .await
+        .expect_err("a viewer");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = client
+        .update_namespace_limits(update(&server.other_owner, Some(wire("5/m"))))
+        .await
+        .expect_err("another namespace's owner");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = client
+        .get_namespace_limits(authed(
+            &viewer,
+            v1::GetNamespaceLimitsRequest {
+                name: format!("namespaces/{NAMESPACE}"),
+            },
+        ))
+        .await
+        .expect_err("not a limits name");
+    assert_eq!(bad_fields(&status), ["name"]);
+
+    // The owner lowers it: all tokens together get 4 a minute from now on
+    // (the update itself was the first).
+    let updated = client
+        .update_namespace_limits(update(&server.owner, Some(wire("4/m"))))
+        .await
+        .expect("lower")
+        .into_inner();
+    assert_eq!(updated.rate_limit, Some(wire("4/m")));
+    assert_eq!(
+        updated.updater,
+        format!("namespaces/{NAMESPACE}/apitokens/bootstrap-owner")
+    );
+    server.clock.advance(chrono::Duration::seconds(62));
+    let mut accepted = 0;
+    for secret in [
+        &viewer,
+        &server.owner,
+        &viewer,
+        &server.owner,
+        &viewer,
+        &viewer,
+    ] {
+        if client
+            .verify_api_token(authed(secret, VerifyApiTokenRequest::default()))
+            .await
+            .is_ok()
+        {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 4);
+    // Audited.
+    server.clock.advance(chrono::Duration::seconds(62));
+    let audit = client
+        .list_audit_events(authed(
+            &server.owner,
+            v1::ListAuditEventsRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                filter: format!("resource = \"{name}\""),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("audit")
+        .into_inner();
+    assert_eq!(audit.audit_events.len(), 1);
+    assert_eq!(audit.audit_events[0].details["rate_limit"], "4/m");
+    // Unset: the deployment's figure again.
+    let reset = client
+        .update_namespace_limits(update(&server.owner, None))
+        .await
+        .expect("reset")
+        .into_inner();
+    assert_eq!(reset.rate_limit, Some(wire("50/m")));
+    assert!(reset.update_time.is_none());
 }

@@ -53,6 +53,7 @@ replica_tests!(
     purge_and_reuse_reach_the_other_replica,
     a_replica_started_later_knows_everything,
     event_streams_of_one_replica_carry_the_others_changes,
+    a_namespace_limit_reaches_the_other_replica_within_a_second,
 );
 
 /// The bound the product promises for a change made through another replica.
@@ -409,4 +410,41 @@ fn the_fallback_poll_is_slow_in_these_tests() {
     // macro slows the poll so that only the push can be quick.
     assert!(Options::default().events.poll_interval < Duration::from_secs(10));
     let _ = Backend::Postgres;
+}
+
+async fn a_namespace_limit_reaches_the_other_replica_within_a_second(server: TestServer) {
+    let other = server.replica().await;
+    let name = format!("namespaces/{NAMESPACE}/limits");
+    let lowered = apitoken_domain::ratelimit::to_proto("7/m".parse().unwrap());
+    server
+        .client()
+        .await
+        .update_namespace_limits(authed(
+            &server.owner,
+            apitoken_tests::v1::UpdateNamespaceLimitsRequest {
+                namespace_limits: Some(apitoken_tests::v1::NamespaceLimits {
+                    name: name.clone(),
+                    rate_limit: Some(lowered),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+        ))
+        .await
+        .expect("update");
+    let delay = within(
+        Duration::from_secs(2),
+        "the namespace limit on the other replica",
+        async || {
+            other
+                .shared_client()
+                .await
+                .verify_api_token(authed(&server.owner, VerifyApiTokenRequest::default()))
+                .await
+                .is_ok_and(|reply| reply.into_inner().namespace_limit == Some(lowered))
+        },
+    )
+    .await;
+    eprintln!("a namespace limit set through replica A applies on replica B after {delay:?}");
+    other.stop().await;
 }

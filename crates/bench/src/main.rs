@@ -19,6 +19,7 @@
 
 mod example;
 mod load;
+mod replicas;
 mod report;
 mod server;
 
@@ -67,6 +68,11 @@ struct Args {
     /// Write the results as Markdown to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Instead of the scenarios: CreateApiToken throughput with each of
+    /// these numbers of replicas on one PostgreSQL database (needs
+    /// --postgres-url), in one namespace and spread over eight.
+    #[arg(long, value_delimiter = ',')]
+    create_replicas: Vec<usize>,
     /// Internal.
     #[command(subcommand)]
     internal: Option<Internal>,
@@ -162,6 +168,22 @@ async fn bench(args: Args) -> Result<(), String> {
             },
         )
     };
+    if !args.create_replicas.is_empty() {
+        let admin = args.postgres_url.as_deref().ok_or(
+            "--create-replicas needs --postgres-url: replicas share a PostgreSQL database",
+        )?;
+        let table = replicas::create_scaling(admin, &args.create_replicas, load).await?;
+        let markdown = format!(
+            "CreateApiToken with N replicas on one PostgreSQL ({} concurrent calls, {:?} a run, nothing pinned)\n\n{table}",
+            load.concurrency, load.duration
+        );
+        println!("{markdown}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &markdown)
+                .map_err(|error| format!("{}: {error}", out.display()))?;
+        }
+        return Ok(());
+    }
     let server_core = args.pin.then_some(0);
     let mut report = Report::new(&args_summary(&args, load));
     for tokens in token_counts {

@@ -147,6 +147,7 @@ pub(crate) async fn preload(database_url: &str, count: u64) -> Result<Vec<Secret
                 update_time: Set(now),
                 expiry_notified: Set(false),
                 rate_limit: Set(None),
+                rate_limit_window: Set(None),
                 last_use_ip: Set(None),
                 previous_secret_hash: Set(None),
                 previous_secret_expire_time: Set(None),
@@ -194,11 +195,11 @@ impl ServerProcess {
                 database_url,
                 "--no-migrate",
                 "--role-rate-limits",
-                "viewer=4000000000,editor=4000000000,owner=4000000000",
+                "viewer=unlimited,editor=unlimited,owner=unlimited",
                 "--namespace-rate-limit",
-                "4000000000",
+                "unlimited",
                 "--failed-auth-limit",
-                "4000000000",
+                "unlimited",
                 "--token-quota",
                 "4000000000",
                 "--max-streams-per-token",
@@ -277,6 +278,17 @@ pub(crate) fn bootstrap(
     role: &str,
     interceptor: bool,
 ) -> Result<String, String> {
+    bootstrap_in(database_url, NAMESPACE, id, role, interceptor)
+}
+
+/// [`bootstrap`] in `namespace`.
+pub(crate) fn bootstrap_in(
+    database_url: &str,
+    namespace: &str,
+    id: &str,
+    role: &str,
+    interceptor: bool,
+) -> Result<String, String> {
     let binary = sibling("apitoken-server")?;
     let mut command = Command::new(binary);
     command.args([
@@ -284,7 +296,7 @@ pub(crate) fn bootstrap(
         "--database-url",
         database_url,
         "--namespace",
-        NAMESPACE,
+        namespace,
         "--name",
         id,
         "--role",

@@ -237,9 +237,10 @@ enum Command {
         /// Label `key=value` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, value_hint = ValueHint::Other)]
         labels: Vec<(String, String)>,
-        /// Requests a minute, 1 to 100000 (0: the role's default).
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=100_000))]
-        rate_limit: i32,
+        /// The token's own rate limit: `10/s`, `120/m`, `5000/h` (a bare
+        /// number is per minute) or `unlimited`; default: the role's.
+        #[arg(long, value_name = "LIMIT", value_parser = parse_limit, value_hint = ValueHint::Other)]
+        rate_limit: Option<LimitArg>,
         /// A token for a service's interceptor or a proxy: it may report
         /// usage and name the address of the calls it verifies.
         #[arg(long)]
@@ -275,7 +276,7 @@ enum Command {
     },
     /// Change a token. Only the fields given change.
     #[command(group(ArgGroup::new("changes").required(true).multiple(true).args([
-        "display_name", "description", "labels", "clear_labels", "expire_time", "ttl", "role",
+        "display_name", "description", "labels", "clear_labels", "expire_time", "ttl", "role", "rate_limit",
     ])))]
     Update {
         /// The token's name.
@@ -299,6 +300,10 @@ enum Command {
         /// New expiry as a lifetime from now, e.g. `30d`; only earlier.
         #[arg(long, value_parser = parse_duration, value_hint = ValueHint::Other)]
         ttl: Option<Duration>,
+        /// New rate limit (`10/s`, `120/m`, `5000/h`, `unlimited`), or
+        /// `default` for the role's.
+        #[arg(long, value_name = "LIMIT", value_parser = parse_limit, value_hint = ValueHint::Other)]
+        rate_limit: Option<LimitArg>,
         /// New role; only lower.
         #[arg(long, value_enum, ignore_case = true)]
         role: Option<RoleArg>,
@@ -388,6 +393,44 @@ fn parse_with_units(text: &str, units: &[(&str, u64)], hint: &str) -> Result<Dur
 }
 
 /// A lifetime: `30s`, `5m`, `12h`, `90d`, at most 36500 days.
+/// A rate limit given on the command line; `None`: the role's default.
+#[derive(Debug, Clone, Copy)]
+struct LimitArg(Option<v1::RateLimit>);
+
+/// `10/s`, `120/m`, `5000/h`, `120` (a minute), `unlimited`, or `default`
+/// (also `0`) for the role's. The server checks the bounds.
+fn parse_limit(text: &str) -> Result<LimitArg, String> {
+    use v1::rate_limit::Window;
+    let text = text.trim();
+    match text {
+        "default" | "0" => return Ok(LimitArg(None)),
+        "unlimited" => {
+            return Ok(LimitArg(Some(v1::RateLimit {
+                unlimited: true,
+                ..Default::default()
+            })));
+        }
+        _ => {}
+    }
+    let bad = || format!("`{text}` is not a limit like 10/s, 120/m, 5000/h, unlimited or default");
+    let (count, unit) = text.split_once('/').unwrap_or((text, "m"));
+    let requests: i64 = count.trim().parse().map_err(|_| bad())?;
+    let window = match unit.trim() {
+        "s" => Window::Second,
+        "m" => Window::Minute,
+        "h" => Window::Hour,
+        _ => return Err(bad()),
+    };
+    if requests < 1 {
+        return Err(bad());
+    }
+    Ok(LimitArg(Some(v1::RateLimit {
+        requests,
+        window: window.into(),
+        unlimited: false,
+    })))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_with_units(
         text,
@@ -781,7 +824,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     display_name,
                     description,
                     labels: label_map(labels)?.into_iter().collect(),
-                    rate_limit,
+                    limit: rate_limit.and_then(|limit| limit.0),
                     interceptor,
                     expire_time: expire_time.map(proto_time),
                     ..Default::default()
@@ -853,6 +896,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             ))
         }
         Command::Update {
+            rate_limit,
             name,
             display_name,
             description,
@@ -894,6 +938,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(expire_time) = expire_time {
                 token.expire_time = Some(proto_time(expire_time));
                 paths.push("expire_time");
+            }
+            if let Some(limit) = rate_limit {
+                token.limit = limit.0;
+                paths.push("limit");
             }
             if let Some(role) = role {
                 token.role = v1::Role::from(role).into();

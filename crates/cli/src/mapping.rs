@@ -133,8 +133,27 @@ pub(crate) fn token(token: &ApiToken) -> Value {
             "previousSecretExpireTime",
             token.previous_secret_expire_time.as_ref(),
         )
+        .message("limit", token.limit.as_ref().map(rate_limit))
         .boolean("interceptor", token.interceptor)
         .build()
+}
+
+/// An `apitoken.v1.RateLimit`.
+pub(crate) fn rate_limit(limit: &v1::RateLimit) -> Value {
+    let object = Object::default()
+        .int64("requests", limit.requests)
+        .enumeration(
+            "window",
+            limit.window,
+            v1::rate_limit::Window::try_from(limit.window)
+                .ok()
+                .map(|w| w.as_str_name()),
+        );
+    if limit.unlimited {
+        object.put("unlimited", Value::Bool(true)).build()
+    } else {
+        object.build()
+    }
 }
 
 /// An `apitoken.v1.CreateApiTokenResponse`.
@@ -159,6 +178,10 @@ pub(crate) fn verified(response: &VerifyApiTokenResponse) -> Value {
         .message("apiToken", response.api_token.as_ref().map(token))
         .int32("namespaceRateLimit", response.namespace_rate_limit)
         .timestamp("secretExpireTime", response.secret_expire_time.as_ref())
+        .message(
+            "namespaceLimit",
+            response.namespace_limit.as_ref().map(rate_limit),
+        )
         .build()
 }
 

@@ -88,6 +88,19 @@ pub(crate) fn token_text(token: &ApiToken, out: &mut String) {
     }
     line("use_count", &token.use_count.to_string());
     line("rate_limit", &token.rate_limit.to_string());
+    if let Some(limit) = &token.limit {
+        let unit = match apitoken_proto::v1::rate_limit::Window::try_from(limit.window) {
+            Ok(apitoken_proto::v1::rate_limit::Window::Second) => "s",
+            Ok(apitoken_proto::v1::rate_limit::Window::Hour) => "h",
+            _ => "m",
+        };
+        let text = if limit.unlimited {
+            "unlimited".to_owned()
+        } else {
+            format!("{}/{unit}", limit.requests)
+        };
+        line("limit", &text);
+    }
     if token.interceptor {
         line("interceptor", "true");
     }

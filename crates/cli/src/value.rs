@@ -19,7 +19,7 @@ pub(crate) enum Value {
     /// A number (int32 fields; int64 fields are strings, as in the proto3
     /// JSON mapping).
     Int(i64),
-    /// `true` or `false`.
+    /// `true` (proto3 JSON leaves `false` out).
     Bool(bool),
     /// A string.
     Str(String),

@@ -505,6 +505,7 @@ fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Json {
     match yaml {
         Yaml::String(text) => Json::String(text.clone()),
         Yaml::Integer(number) => Json::from(*number),
+        Yaml::Boolean(flag) => Json::Bool(*flag),
         Yaml::Array(items) => Json::Array(items.iter().map(yaml_to_json).collect()),
         Yaml::Hash(entries) => Json::Object(
             entries

@@ -14,7 +14,7 @@ use std::{
 
 use apitoken_domain::{
     clock::{SharedClock, SystemClock},
-    ratelimit::RateLimiter,
+    ratelimit::{Check, LocalLimiter, RateLimit, Scope},
 };
 
 const KEYS: usize = 1_000;
@@ -58,19 +58,33 @@ fn main() {
 
     // The check: token limit and namespace aggregate, 1,000 warm tokens
     // (limits high enough that every call is allowed and updates state).
-    let limiter = RateLimiter::new(Arc::clone(&clock));
+    let limiter = LocalLimiter::new(Arc::clone(&clock));
+    let checks = |uid, token, namespace, aggregate| {
+        [
+            Check {
+                scope: Scope::Token,
+                key: uid,
+                limit: RateLimit::per_minute(token),
+            },
+            Check {
+                scope: Scope::Namespace,
+                key: namespace,
+                limit: RateLimit::per_minute(aggregate),
+            },
+        ]
+    };
     let check = measure(|i| {
-        black_box(limiter.check(
+        black_box(limiter.check(&checks(
             black_box(&uids[i % KEYS]),
             1_000_000_000,
             "team-a",
             1_000_000_000,
-        ));
+        )));
     });
 
     // Refused checks (a token over its limit): the path a flood takes.
     let refused = measure(|_| {
-        black_box(limiter.check(black_box("flooder"), 1, "team-b", 1_000_000_000));
+        black_box(limiter.check(&checks(black_box("flooder"), 1, "team-b", 1_000_000_000)));
     });
 
     println!("rate limiter check, {ITERATIONS} calls x {ROUNDS} rounds (median), {KEYS} keys");

@@ -11,9 +11,10 @@ use std::net::IpAddr;
 use apitoken_domain::{
     DenyReason, Error, Principal, Role,
     clock::SharedClock,
-    ratelimit::{Decision, FailureOutcome, FailureThrottle, RateLimiter, Scope},
+    ratelimit::{Decision, FailureOutcome, RateLimit, Scope},
     token::{Secret, TokenFormat},
 };
+use apitoken_ratelimit::{Call, Limiter, LimiterConfig};
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, warn};
 
@@ -58,8 +59,7 @@ pub(crate) struct Shared {
     pub(crate) namespaces: Vec<NamespaceWatch>,
     pub(crate) usage: UsageBatch,
     pub(crate) stats: Stats,
-    pub(crate) limiter: RateLimiter,
-    pub(crate) throttle: FailureThrottle,
+    pub(crate) limiter: Arc<Limiter>,
     /// Whether cached tokens are being served under the outage policy.
     pub(crate) outage: AtomicBool,
 }
@@ -116,6 +116,18 @@ impl ApiTokenAuth {
     ) -> Result<Self, BuildError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| BuildError("ApiTokenAuth needs a Tokio runtime".to_owned()))?;
+        let failed_auth = match builder.settings.failed_auth_per_minute {
+            0 => RateLimit::Unlimited,
+            count => RateLimit::per_minute(count.min(apitoken_domain::ratelimit::MAX_COUNT)),
+        };
+        let limiter = Limiter::new(
+            Arc::clone(&builder.clock),
+            &LimiterConfig {
+                failed_auth,
+                redis: builder.redis.clone(),
+            },
+        )
+        .map_err(BuildError)?;
         let shared = Arc::new(Shared {
             format,
             policy: builder.policy,
@@ -138,11 +150,7 @@ impl ApiTokenAuth {
             clock: Arc::clone(&builder.clock),
             usage: UsageBatch::default(),
             stats: Stats::new(),
-            limiter: RateLimiter::new(Arc::clone(&builder.clock)),
-            throttle: FailureThrottle::new(
-                Arc::clone(&builder.clock),
-                builder.settings.failed_auth_per_minute,
-            ),
+            limiter,
             outage: AtomicBool::new(false),
         });
         let (stop, stopped) = watch::channel(false);
@@ -173,6 +181,13 @@ impl ApiTokenAuth {
             outage_hits: stats.outage_hits.get(),
             credential_refusals: stats.credential_refusals.get(),
         }
+    }
+
+    /// Whether Redis is configured ([`crate::AuthBuilder::redis_url`]) but
+    /// unreachable, so that this service enforces local limits (the
+    /// `redis_fallback` metric).
+    pub fn redis_fallback(&self) -> bool {
+        self.shared.limiter.state().fallback()
     }
 
     /// How many tokens are cached.
@@ -219,9 +234,10 @@ impl Shared {
 
     /// The decision for one call to `path` from `peer`, as far as it can be
     /// made without waiting: public methods, local refusals, and tokens
-    /// answered from the cache (the hot path: no allocation but the shared
-    /// principal's reference count, no `await`). A token that needs a
-    /// verification comes back as [`Step::Verify`].
+    /// answered from the cache with local limits (the hot path: no
+    /// allocation but the shared principal's reference count, no `await`).
+    /// What needs a remote answer (a verification, or with shared limits a
+    /// Redis check) comes back as [`Step::Slow`].
     pub(crate) fn decide(
         &self,
         path: &str,
@@ -232,9 +248,14 @@ impl Shared {
             Requirement::Public => return Step::Done(Verdict::public()),
             Requirement::Role(role) => role,
         };
+        let shared = self.limiter.is_shared();
         let local = |error: Error| {
             self.stats.local_refusals.add();
-            Step::Done(Verdict::refused(self.failed(error, peer)))
+            if shared {
+                Step::Slow(Slow::Fail(error))
+            } else {
+                Step::Done(Verdict::refused(self.failed_local(error, peer)))
+            }
         };
         let secret = match bearer_secret_of(headers) {
             Ok(secret) => secret,
@@ -256,97 +277,151 @@ impl Shared {
                 self.stats.cache_hits.add();
                 self.usage
                     .record(&verified.principal, self.clock.now(), peer);
-                Step::Done(self.admit(verified, required))
+                if shared {
+                    Step::Slow(Slow::Admit(verified, required))
+                } else {
+                    Step::Done(self.admit_local(verified, required))
+                }
             }
             Ok(None) => {
                 // An unknown one from a throttled address is not worth a
-                // verification: that is what the throttle spares apitoken.
-                if let Some(peer) = peer
-                    && let Some(wait) = self.throttle.blocked(peer)
+                // verification: that is what the throttle spares apitoken
+                // (asked of the shared count in the slow path).
+                if !shared
+                    && let Some(peer) = peer
+                    && let Some(wait) = self.limiter.blocked_local(peer)
                 {
                     self.stats.local_refusals.add();
                     return Step::Done(Verdict::refused(self.throttled(peer, Some(wait))));
                 }
-                Step::Verify(Pending {
+                Step::Slow(Slow::Verify(Pending {
                     key,
                     secret,
                     required,
-                })
+                }))
             }
         }
     }
 
+    /// The decision for what [`Shared::decide`] could not settle at once.
+    pub(crate) async fn resolve(
+        &self,
+        slow: Slow,
+        headers: &http::HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Verdict {
+        match slow {
+            Slow::Verify(pending) => self.verify_and_decide(pending, headers, peer).await,
+            Slow::Admit(verified, required) => self.admit(verified, required).await,
+            Slow::Fail(error) => Verdict::refused(self.failed(error, peer, true).await),
+        }
+    }
+
     /// The decision for a token that needed a verification.
-    pub(crate) async fn verify_and_decide(
+    async fn verify_and_decide(
         &self,
         pending: Pending,
         headers: &http::HeaderMap,
         peer: Option<IpAddr>,
     ) -> Verdict {
+        if self.limiter.is_shared()
+            && let Some(peer) = peer
+            && let Some(wait) = self.limiter.blocked(peer).await
+        {
+            self.stats.local_refusals.add();
+            return Verdict::refused(self.throttled(peer, Some(wait)));
+        }
         match self
             .verify(pending.key, &pending.secret, headers, peer)
             .await
         {
-            Ok(verified) => self.admit(verified, pending.required),
-            Err(error @ Error::Unauthenticated(_)) => Verdict::refused(self.failed(error, peer)),
+            Ok(verified) => self.admit(verified, pending.required).await,
+            // apitoken counted this failure itself (it was told the
+            // caller's address): with a shared count, counting it here too
+            // would count it twice.
+            Err(error @ Error::Unauthenticated(_)) => {
+                let count_here = !self.limiter.is_shared();
+                Verdict::refused(self.failed(error, peer, count_here).await)
+            }
             Err(error) => Verdict::refused(error),
         }
     }
 
-    /// Authorizes a verified token for `required` and applies its limits.
-    fn admit(&self, verified: Verified, required: Role) -> Verdict {
+    /// Authorizes a verified token for `required` and applies its limits
+    /// (shared ones when Redis answers).
+    async fn admit(&self, verified: Verified, required: Role) -> Verdict {
         if let Err(error) = self.authorize(&verified.principal, required) {
             return Verdict::refused(error);
         }
         let principal = verified.principal;
-        let namespace = principal.namespace();
-        let decision = self.limiter.check(
-            &principal.uid,
-            verified.token_limit,
-            namespace,
-            verified.namespace_limit,
-        );
-        if !decision.allowed {
-            let subject = match decision.scope {
-                Scope::Token => principal.name.to_string(),
-                Scope::Namespace => format!("namespaces/{namespace}"),
-            };
-            let error = Error::ResourceExhausted {
-                description: format!(
-                    "rate limit of {} requests a minute exceeded for {subject}",
-                    decision.limit
-                ),
-                subject,
-                retry_after: decision.retry_after,
-            };
-            return Verdict {
-                result: Err(error),
-                decision: Some(decision),
-            };
-        }
-        Verdict {
-            result: Ok(Some(principal)),
-            decision: Some(decision),
-        }
+        let call = Call {
+            namespace: principal.namespace(),
+            uid: &principal.uid,
+            token: verified.token_limit,
+            namespace_limit: verified.namespace_limit,
+        };
+        let decision = self.limiter.check(&call).await;
+        limited(principal, decision)
     }
 
-    /// Counts a failed authentication against `peer`; a burst is logged
-    /// once. Past the budget the caller gets `RESOURCE_EXHAUSTED` instead.
-    fn failed(&self, error: Error, peer: Option<IpAddr>) -> Error {
-        if !matches!(error, Error::Unauthenticated(_)) {
+    /// [`Shared::admit`] with local limits, without waiting.
+    fn admit_local(&self, verified: Verified, required: Role) -> Verdict {
+        if let Err(error) = self.authorize(&verified.principal, required) {
+            return Verdict::refused(error);
+        }
+        let principal = verified.principal;
+        let call = Call {
+            namespace: principal.namespace(),
+            uid: &principal.uid,
+            token: verified.token_limit,
+            namespace_limit: verified.namespace_limit,
+        };
+        let decision = self.limiter.check_local(&call);
+        limited(principal, decision)
+    }
+
+    /// Counts a failed authentication against `peer` (unless `count` is
+    /// false: counted elsewhere); a burst is logged once. Past the budget
+    /// the caller gets `RESOURCE_EXHAUSTED` instead.
+    async fn failed(&self, error: Error, peer: Option<IpAddr>, count: bool) -> Error {
+        if !matches!(error, Error::Unauthenticated(_)) || !count {
             return error;
         }
-        debug!(peer = ?peer, "authentication failed");
         let Some(peer) = peer else {
             return error;
         };
-        match self.throttle.record_failure(peer) {
+        let outcome = self.limiter.record_failure(peer).await;
+        self.failure_outcome(error, peer, outcome)
+    }
+
+    /// [`Shared::failed`] in this process alone, without waiting.
+    fn failed_local(&self, error: Error, peer: Option<IpAddr>) -> Error {
+        if !matches!(error, Error::Unauthenticated(_)) {
+            return error;
+        }
+        let Some(peer) = peer else {
+            return error;
+        };
+        let outcome = self.limiter.record_failure_local(peer);
+        self.failure_outcome(error, peer, outcome)
+    }
+
+    fn failure_outcome(&self, error: Error, peer: IpAddr, outcome: FailureOutcome) -> Error {
+        debug!(%peer, "authentication failed");
+        match outcome {
             FailureOutcome::Counted => error,
             FailureOutcome::BurstStarted => {
-                warn!(%peer, limit_per_minute = self.throttle.limit(), "failed authentication burst: refusing further failures from this address");
+                warn!(%peer, limit = %self.failure_limit(), "failed authentication burst: refusing further failures from this address");
                 error
             }
-            FailureOutcome::Throttled => self.throttled(peer, self.throttle.blocked(peer)),
+            FailureOutcome::Throttled(wait) => self.throttled(peer, wait),
+        }
+    }
+
+    fn failure_limit(&self) -> String {
+        match self.limiter.failure_limit() {
+            Some(limit) => format!("{} a {}", limit.count, limit.window.word()),
+            None => "none".to_owned(),
         }
     }
 
@@ -354,8 +429,8 @@ impl Shared {
         Error::ResourceExhausted {
             subject: format!("address {peer}"),
             description: format!(
-                "too many failed authentications from {peer} (limit {} a minute)",
-                self.throttle.limit()
+                "too many failed authentications from {peer} (limit {})",
+                self.failure_limit()
             ),
             retry_after: wait,
         }
@@ -509,6 +584,30 @@ fn bearer_secret_of(headers: &http::HeaderMap) -> Result<Secret, apitoken_domain
     apitoken_domain::token::parse_bearer(value)
 }
 
+/// The verdict for an authorized principal under a rate-limit decision.
+fn limited(principal: Arc<Principal>, decision: Option<Decision>) -> Verdict {
+    match decision {
+        Some(decision) if !decision.allowed => {
+            let subject = match decision.scope {
+                Scope::Token => principal.name.to_string(),
+                Scope::Namespace => format!("namespaces/{}", principal.namespace()),
+            };
+            Verdict {
+                result: Err(Error::ResourceExhausted {
+                    description: decision.describe(&subject),
+                    subject,
+                    retry_after: decision.retry_after,
+                }),
+                decision: Some(decision),
+            }
+        }
+        decision => Verdict {
+            result: Ok(Some(principal)),
+            decision,
+        },
+    }
+}
+
 /// What a call waits for when its token is not in the cache.
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -522,8 +621,19 @@ pub(crate) struct Pending {
 pub(crate) enum Step {
     /// Decided.
     Done(Verdict),
-    /// The token must be verified first.
+    /// A remote answer is needed first ([`Shared::resolve`]).
+    Slow(Slow),
+}
+
+/// What needs a remote answer.
+#[derive(Debug)]
+pub(crate) enum Slow {
+    /// The token must be verified.
     Verify(Pending),
+    /// A known token, checked against the shared limits.
+    Admit(Verified, Role),
+    /// A failure counted in the shared throttle.
+    Fail(Error),
 }
 
 impl Verdict {

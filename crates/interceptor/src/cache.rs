@@ -20,9 +20,9 @@ pub struct Entry {
     /// The token.
     pub principal: Arc<Principal>,
     /// Its rate limit, requests a minute.
-    pub token_limit: u32,
+    pub token_limit: apitoken_domain::ratelimit::RateLimit,
     /// Its namespace's aggregate limit, requests a minute.
-    pub namespace_limit: u32,
+    pub namespace_limit: apitoken_domain::ratelimit::RateLimit,
     /// When this secret stops working (grace end or token expiry).
     pub secret_expire_time: Option<chrono::DateTime<chrono::Utc>>,
     /// When apitoken last confirmed it.
@@ -212,8 +212,8 @@ mod tests {
             cache.insert(
                 *key,
                 Entry {
-                    token_limit: 1,
-                    namespace_limit: 1,
+                    token_limit: apitoken_domain::ratelimit::RateLimit::per_minute(1),
+                    namespace_limit: apitoken_domain::ratelimit::RateLimit::per_minute(1),
                     secret_expire_time: None,
                     principal: principal(&format!("uid-{i}"), "ns"),
                     verified_at: start + Duration::from_secs(i as u64),
@@ -233,8 +233,8 @@ mod tests {
         cache.insert(
             a,
             Entry {
-                token_limit: 1,
-                namespace_limit: 1,
+                token_limit: apitoken_domain::ratelimit::RateLimit::per_minute(1),
+                namespace_limit: apitoken_domain::ratelimit::RateLimit::per_minute(1),
                 secret_expire_time: None,
                 principal: principal("one", "ns-a"),
                 verified_at: now,
@@ -243,8 +243,8 @@ mod tests {
         cache.insert(
             b,
             Entry {
-                token_limit: 1,
-                namespace_limit: 1,
+                token_limit: apitoken_domain::ratelimit::RateLimit::per_minute(1),
+                namespace_limit: apitoken_domain::ratelimit::RateLimit::per_minute(1),
                 secret_expire_time: None,
                 principal: principal("one", "ns-a"),
                 verified_at: now,
@@ -253,8 +253,8 @@ mod tests {
         cache.insert(
             c,
             Entry {
-                token_limit: 1,
-                namespace_limit: 1,
+                token_limit: apitoken_domain::ratelimit::RateLimit::per_minute(1),
+                namespace_limit: apitoken_domain::ratelimit::RateLimit::per_minute(1),
                 secret_expire_time: None,
                 principal: principal("two", "ns-b"),
                 verified_at: now,

@@ -97,9 +97,10 @@ pub struct Settings {
     pub usage_report_interval: Duration,
     /// Longest wait between attempts to reopen an event stream.
     pub max_reconnect_backoff: Duration,
-    /// Failed authentications a minute per peer address; past it further
-    /// failures are `RESOURCE_EXHAUSTED`, and a token not in the cache is
-    /// refused without asking apitoken (tokens known good keep working).
+    /// Failed authentications per peer address in any minute (0: no
+    /// throttle); past it further failures are `RESOURCE_EXHAUSTED`, and a
+    /// token not in the cache is refused without asking apitoken (tokens
+    /// known good keep working).
     pub failed_auth_per_minute: u32,
     /// How long to wait before asking again when apitoken refuses the
     /// service's own credential (logged as an error).
@@ -154,6 +155,7 @@ pub struct AuthBuilder {
     pub(crate) prefix: String,
     pub(crate) clock: SharedClock,
     pub(crate) connect: ConnectOptions,
+    pub(crate) redis: Option<apitoken_ratelimit::RedisConfig>,
 }
 
 impl Default for AuthBuilder {
@@ -165,6 +167,7 @@ impl Default for AuthBuilder {
             prefix: apitoken_domain::token::DEFAULT_PREFIX.to_owned(),
             clock: Arc::new(SystemClock),
             connect: ConnectOptions::default(),
+            redis: None,
         }
     }
 }
@@ -202,6 +205,24 @@ impl AuthBuilder {
     /// The token prefix of the apitoken deployment (default `apitoken`).
     pub fn token_prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// Share rate limits and the failed-authentication throttle with the
+    /// apitoken servers and every other interceptor through this Redis
+    /// (the one apitoken's `--redis-url` names; `redis://host:6379/0`), so
+    /// that a token's limit holds across all of them. Every Redis call is
+    /// bounded (50 ms); while Redis is unreachable the layer enforces
+    /// local limits and says so ([`crate::ApiTokenAuth::redis_fallback`]).
+    /// Needs the crate's `redis` feature: without it, building fails.
+    pub fn redis_url(self, url: impl Into<String>) -> Self {
+        self.redis(apitoken_ratelimit::RedisConfig::new(url))
+    }
+
+    /// [`AuthBuilder::redis_url`] with its timeout, key prefix (the same as
+    /// apitoken's `--redis-key-prefix`) and probe interval.
+    pub fn redis(mut self, config: apitoken_ratelimit::RedisConfig) -> Self {
+        self.redis = Some(config);
         self
     }
 

@@ -72,9 +72,14 @@ fn outcome(result: &Result<Option<Arc<Principal>>, Error>) -> &'static str {
 /// Adds `x-ratelimit-limit`, `x-ratelimit-remaining` and
 /// `x-ratelimit-reset` (Unix seconds), as the apitoken server does.
 fn add_rate_headers(headers: &mut http::HeaderMap, decision: &Decision) {
-    headers.insert("x-ratelimit-limit", decision.limit.into());
+    headers.insert("x-ratelimit-limit", decision.limit.count.into());
+    headers.insert("x-ratelimit-window", decision.limit.window.seconds().into());
     headers.insert("x-ratelimit-remaining", decision.remaining.into());
     headers.insert("x-ratelimit-reset", decision.reset_unix.into());
+    headers.insert(
+        "x-ratelimit-scope",
+        http::HeaderValue::from_static(decision.scope.as_str()),
+    );
 }
 
 mod future {
@@ -205,14 +210,14 @@ where
         });
         match step {
             Step::Done(verdict) => apply(&mut self.inner, request, verdict, &span),
-            Step::Verify(pending) => {
+            Step::Slow(slow) => {
                 // The ready service is the one to call; leave a fresh clone behind.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let shared = Arc::clone(&self.shared);
                 let future = async move {
                     let verdict = shared
-                        .verify_and_decide(pending, request.headers(), peer)
+                        .resolve(slow, request.headers(), peer)
                         .instrument(span.clone())
                         .await;
                     apply(&mut inner, request, verdict, &span).await

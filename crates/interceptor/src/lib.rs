@@ -121,6 +121,7 @@ pub use apitoken_domain::{
     AuthFailure, DenyReason, Error, Principal, Role,
     name::{Namespace, TokenName},
 };
+pub use apitoken_ratelimit::RedisConfig;
 pub use auth::{ApiTokenAuth, StatsSnapshot};
 pub use config::{AuthBuilder, BuildError, MethodPolicy, Requirement, Settings};
 pub use layer::{ApiTokenLayer, ApiTokenService};

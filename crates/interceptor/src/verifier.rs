@@ -11,6 +11,7 @@ use std::{
 use apitoken_domain::{
     AuthFailure, Error, Principal, Role,
     name::TokenName,
+    ratelimit::{self, RateLimit},
     token::{Secret, WellFormed},
 };
 use apitoken_proto::v1::{VerifyApiTokenRequest, api_token_service_client::ApiTokenServiceClient};
@@ -30,10 +31,10 @@ pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 pub struct Verified {
     /// The token.
     pub principal: std::sync::Arc<Principal>,
-    /// Its rate limit, requests a minute.
-    pub token_limit: u32,
-    /// Its namespace's aggregate limit, requests a minute.
-    pub namespace_limit: u32,
+    /// Its rate limit.
+    pub token_limit: RateLimit,
+    /// Its namespace's aggregate limit.
+    pub namespace_limit: RateLimit,
     /// When this secret stops working: a grace period's end for a previous
     /// secret (earlier than the token's expiry), else the token's expiry.
     pub secret_expire_time: Option<chrono::DateTime<chrono::Utc>>,
@@ -144,12 +145,11 @@ impl Verifier {
                 let verified = reply.api_token.as_ref().and_then(|token| {
                     Some(Verified {
                         principal: std::sync::Arc::new(principal_of(token)?),
-                        token_limit: u32::try_from(token.rate_limit)
-                            .ok()
-                            .filter(|limit| *limit > 0)?,
-                        namespace_limit: u32::try_from(reply.namespace_rate_limit)
-                            .ok()
-                            .filter(|limit| *limit > 0)?,
+                        token_limit: limit_of(token.limit.as_ref(), token.rate_limit)?,
+                        namespace_limit: limit_of(
+                            reply.namespace_limit.as_ref(),
+                            reply.namespace_rate_limit,
+                        )?,
                         secret_expire_time: match &reply.secret_expire_time {
                             Some(time) => Some(DateTime::from_timestamp(
                                 time.seconds,
@@ -177,6 +177,18 @@ impl Verifier {
                 unavailable(format!("apitoken is unavailable ({:?})", status.code()))
             }
         }
+    }
+}
+
+/// A limit from a reply: the full form, or (from an older apitoken) the
+/// per-minute figure.
+fn limit_of(limit: Option<&apitoken_proto::v1::RateLimit>, per_minute: i32) -> Option<RateLimit> {
+    match limit {
+        Some(limit) => ratelimit::from_proto(limit).ok(),
+        None => u32::try_from(per_minute)
+            .ok()
+            .filter(|count| *count > 0)
+            .map(|count| RateLimit::per_minute(count.min(ratelimit::MAX_COUNT))),
     }
 }
 

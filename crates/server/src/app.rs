@@ -21,6 +21,7 @@ use apitoken_domain::{
     token::{InvalidPrefix, TokenFormat},
 };
 use apitoken_proto::{FILE_DESCRIPTOR_SET, v1::api_token_service_server::ApiTokenServiceServer};
+use apitoken_ratelimit::{BackendState, Limiter, LimiterConfig, RedisConfig};
 use apitoken_store::{StoreOptions, TokenStore};
 use tokio::{net::TcpListener, sync::watch};
 use tonic_health::ServingStatus;
@@ -34,6 +35,7 @@ use crate::{
     lifecycle::Lifecycle,
     limits::Limits,
     metrics::RequestCounter,
+    namespaces::NamespaceLimits,
     peer::TrustedProxies,
     policy::Policy,
     service::ApiTokenService,
@@ -74,6 +76,8 @@ pub struct AppConfig {
     pub index: IndexOptions,
     /// TLS and the limits of connections.
     pub transport: TransportConfig,
+    /// Shared rate limits on Redis (`--redis-url`), or `None`: per process.
+    pub redis: Option<RedisConfig>,
     /// The Prometheus listener.
     pub metrics: MetricsConfig,
 }
@@ -115,9 +119,16 @@ impl AppConfig {
             index: IndexOptions::default(),
             transport: TransportConfig::default(),
             metrics: MetricsConfig::default(),
+            redis: None,
         }
     }
 }
+
+/// The health service name that reports whether rate limits are shared:
+/// SERVING while Redis answers, NOT_SERVING while this replica falls back
+/// to local limits (the overall status is not affected). Only with
+/// `--redis-url`.
+pub const REDIS_HEALTH_SERVICE: &str = "apitoken.redis";
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +162,7 @@ pub struct App {
     clock: SharedClock,
     usage: Arc<UsageRecorder>,
     requests: RequestCounter,
+    limiter: Arc<Limiter>,
     config: AppConfig,
 }
 
@@ -168,7 +180,16 @@ impl App {
             store.migrate().await?;
         }
         let usage = Arc::new(UsageRecorder::new(store.clone()));
+        let limiter = Limiter::new(
+            Arc::clone(&clock),
+            &LimiterConfig {
+                failed_auth: config.limits.failed_auth_limit,
+                redis: config.redis.clone(),
+            },
+        )
+        .map_err(StartError::Config)?;
         Ok(App {
+            limiter,
             store,
             format,
             keys,
@@ -202,6 +223,19 @@ impl App {
     /// Requests received, by method.
     pub fn requests(&self) -> &RequestCounter {
         &self.requests
+    }
+
+    /// Whether rate limits are shared through Redis right now, or why not
+    /// (for health and metrics: [`BackendState::fallback`] is the
+    /// `redis_fallback` gauge, 0 or 1).
+    pub fn limit_state(&self) -> Arc<BackendState> {
+        Arc::clone(self.limiter.state())
+    }
+
+    /// Whether Redis is configured but unreachable, so that this replica
+    /// enforces local limits.
+    pub fn redis_fallback(&self) -> bool {
+        self.limiter.state().fallback()
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains in-flight
@@ -279,7 +313,13 @@ impl App {
             Arc::clone(&events),
         )
         .spawn(self.config.events.expiry_sweep_interval, stopping.clone());
+        let namespaces = Arc::new(NamespaceLimits::new(self.store.clone()));
+        if let Err(error) = namespaces.load().await {
+            warn!(error = %error, "cannot read namespace limits yet; will retry");
+        }
+        let namespace_refresher = namespaces.spawn_refresher(stopping.clone());
         let auth = Authenticator::new(AuthParts {
+            namespaces,
             store: self.store.clone(),
             index: Arc::clone(&index),
             format: self.format.clone(),
@@ -287,6 +327,7 @@ impl App {
             clock: Arc::clone(&self.clock),
             usage: Arc::clone(&self.usage),
             limits: Arc::new(self.config.limits.clone()),
+            limiter: Arc::clone(&self.limiter),
             proxies: Arc::new(self.config.trusted_proxies.clone()),
         });
         let service = ApiTokenService::new(
@@ -326,6 +367,11 @@ impl App {
             stopping.clone(),
         )
         .await;
+        let redis_health = self
+            .limiter
+            .state()
+            .configured()
+            .then(|| spawn_redis_health(self.limiter.state(), reporter.clone()));
         let reloader = tls
             .as_ref()
             .map(|tls| tls.spawn_watcher(transport_config.tls_reload_interval, stopping.clone()));
@@ -395,6 +441,10 @@ impl App {
             warn!("usage flusher ended abnormally");
         }
         monitor.abort();
+        namespace_refresher.abort();
+        if let Some(task) = redis_health {
+            task.abort();
+        }
         follower.abort();
         if let Some(reloader) = reloader {
             reloader.abort();
@@ -407,4 +457,29 @@ impl App {
         info!("stopped");
         Ok(result?)
     }
+}
+
+/// Follows whether limits are shared and says so under
+/// [`REDIS_HEALTH_SERVICE`].
+fn spawn_redis_health(
+    state: &Arc<BackendState>,
+    reporter: tonic_health::server::HealthReporter,
+) -> tokio::task::JoinHandle<()> {
+    let mut changes = state.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let fallback = *changes.borrow_and_update();
+            let status = if fallback {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
+            reporter
+                .set_service_status(REDIS_HEALTH_SERVICE, status)
+                .await;
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }

@@ -33,9 +33,10 @@ use apitoken_domain::{
     AuthFailure, Error, Principal, TokenState,
     clock::SharedClock,
     hash::Keys,
-    ratelimit::{Decision, FailureOutcome, FailureThrottle, RateLimiter, Scope},
+    ratelimit::{Decision, FailureOutcome, RateLimit, Scope, throttle_key},
     token::{Secret, TokenFormat, bearer_secret},
 };
+use apitoken_ratelimit::{Call, Limiter};
 use apitoken_store::{SecretMatch, TokenStore};
 use chrono::{DateTime, Utc};
 use tonic::Request;
@@ -45,7 +46,8 @@ use crate::{
     audit::{Actor, RequestContext},
     index::{AuthView, TokenIndex},
     limits::Limits,
-    peer::{TrustedProxies, throttle_key},
+    namespaces::NamespaceLimits,
+    peer::TrustedProxies,
     usage::UsageRecorder,
 };
 
@@ -98,8 +100,8 @@ pub struct Authenticator {
     clock: SharedClock,
     usage: Arc<UsageRecorder>,
     limits: Arc<Limits>,
-    limiter: Arc<RateLimiter>,
-    throttle: Arc<FailureThrottle>,
+    limiter: Arc<Limiter>,
+    namespaces: Arc<NamespaceLimits>,
     proxies: Arc<TrustedProxies>,
 }
 
@@ -120,6 +122,10 @@ pub struct AuthParts {
     pub usage: Arc<UsageRecorder>,
     /// Limits.
     pub limits: Arc<Limits>,
+    /// Where limits are counted (this process, or Redis).
+    pub limiter: Arc<Limiter>,
+    /// Namespaces' own aggregate limits.
+    pub namespaces: Arc<NamespaceLimits>,
     /// Trusted proxies.
     pub proxies: Arc<TrustedProxies>,
 }
@@ -128,11 +134,8 @@ impl Authenticator {
     /// An authenticator over the index.
     pub fn new(parts: AuthParts) -> Self {
         Self {
-            limiter: Arc::new(RateLimiter::new(Arc::clone(&parts.clock))),
-            throttle: Arc::new(FailureThrottle::new(
-                Arc::clone(&parts.clock),
-                parts.limits.failed_auth_per_minute,
-            )),
+            limiter: parts.limiter,
+            namespaces: parts.namespaces,
             store: parts.store,
             index: parts.index,
             format: parts.format,
@@ -147,6 +150,23 @@ impl Authenticator {
     /// The deployment's limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The aggregate limit in force for `namespace`: its own (see
+    /// [`crate::namespaces`]) within the deployment's figure, or that.
+    pub fn namespace_limit(&self, namespace: &str) -> RateLimit {
+        self.namespaces
+            .in_force(namespace, self.limits.operator_namespace_limit(namespace))
+    }
+
+    /// Namespaces' own limits.
+    pub fn namespaces(&self) -> &Arc<NamespaceLimits> {
+        &self.namespaces
+    }
+
+    /// The limit in force for a token.
+    pub fn token_limit(&self, view: &AuthView) -> RateLimit {
+        self.limits.limit_for(view.role, view.rate_limit)
     }
 
     /// The in-memory index.
@@ -189,7 +209,7 @@ impl Authenticator {
             Err(failure) => return Err(self.failed(failure, client, request).await),
         };
         self.record_use(&authenticated.view, client);
-        self.admit(&authenticated.view)?;
+        self.admit(&authenticated.view).await?;
         Ok(authenticated)
     }
 
@@ -327,27 +347,30 @@ impl Authenticator {
             return failure.error;
         };
         let key = throttle_key(client);
-        match self.throttle.record_failure(key) {
+        let limit = self
+            .limiter
+            .failure_limit()
+            .map_or_else(|| "none".to_owned(), |limit| limit.to_string());
+        match self.limiter.record_failure(client).await {
             FailureOutcome::Counted => failure.error,
             FailureOutcome::BurstStarted => {
                 crate::metrics::server().burst();
                 warn!(
                     %client,
-                    limit_per_minute = self.throttle.limit(),
+                    %limit,
                     "failed authentication burst: refusing further failures from this address"
                 );
                 self.audit_burst(request, client, failure.known.as_ref())
                     .await;
                 failure.error
             }
-            FailureOutcome::Throttled => {
+            FailureOutcome::Throttled(wait) => {
                 crate::metrics::server().throttled();
-                let wait = self.throttle.blocked(key);
                 Error::ResourceExhausted {
                     subject: format!("address {key}"),
                     description: format!(
-                        "too many failed authentications from {key} (limit {} a minute)",
-                        self.throttle.limit()
+                        "too many failed authentications from {key} (limit {})",
+                        describe_limit(self.limiter.failure_limit())
                     ),
                     retry_after: wait,
                 }
@@ -374,7 +397,7 @@ impl Authenticator {
             .insert("address".into(), throttle_key(client).to_string());
         entry
             .details
-            .insert("limit_per_minute".into(), self.throttle.limit().to_string());
+            .insert("limit".into(), describe_limit(self.limiter.failure_limit()));
         if let Err(error) = self.store.record_audit(entry).await {
             warn!(error = %error, "could not audit a failed authentication burst");
         }
@@ -382,15 +405,18 @@ impl Authenticator {
 
     /// Applies the token's and its namespace's rate limits; the decision is
     /// kept for the reply's headers.
-    fn admit(&self, view: &AuthView) -> Result<(), Error> {
+    async fn admit(&self, view: &AuthView) -> Result<(), Error> {
         let namespace = &*view.namespace;
         let uid = view.uid_string();
-        let decision = self.limiter.check(
-            &uid,
-            self.limits.limit_for(view.role, view.rate_limit),
+        let call = Call {
             namespace,
-            self.limits.namespace_limit(namespace),
-        );
+            uid: &uid,
+            token: self.token_limit(view),
+            namespace_limit: self.namespace_limit(namespace),
+        };
+        let Some(decision) = self.limiter.check(&call).await else {
+            return Ok(());
+        };
         let _ = RATE_DECISION.try_with(|cell| cell.set(Some(decision)));
         if decision.allowed {
             return Ok(());
@@ -400,15 +426,20 @@ impl Authenticator {
             Scope::Namespace => format!("namespaces/{namespace}"),
         };
         crate::metrics::server().rate_limited(decision.scope);
-        debug!(%subject, limit = decision.limit, "rate limited");
+        debug!(%subject, limit = %decision.limit, "rate limited");
         Err(Error::ResourceExhausted {
-            description: format!(
-                "rate limit of {} requests a minute exceeded for {subject}",
-                decision.limit
-            ),
+            description: decision.describe(&subject),
             subject,
             retry_after: decision.retry_after,
         })
+    }
+}
+
+/// "20 a minute", "5 a second", or "none".
+pub fn describe_limit(limit: Option<apitoken_domain::ratelimit::Limit>) -> String {
+    match limit {
+        Some(limit) => format!("{} a {}", limit.count, limit.window.word()),
+        None => "none".to_owned(),
     }
 }
 

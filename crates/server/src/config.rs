@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use apitoken_domain::Role;
+use apitoken_domain::{Role, ratelimit::RateLimit};
 use clap::{Args, Parser, Subcommand};
 
 /// The default database: an `apitoken.db` SQLite file in the working directory.
@@ -126,24 +126,43 @@ pub struct ServeArgs {
     /// How often tokens past their expiry get their `EXPIRED` event.
     #[arg(long, env = "APITOKEN_EXPIRY_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub expiry_sweep_interval: Duration,
-    /// Requests a minute per token by role, unless the token has its own.
-    #[arg(long, env = "APITOKEN_ROLE_RATE_LIMITS", default_value = "viewer=120,editor=60,owner=30", value_parser = parse_role_limits)]
+    /// Limit of a token by role, unless the token has its own: counts per
+    /// second, minute or hour (`120/m`, `10/s`, `5000/h`; a bare number is
+    /// per minute) or `unlimited`.
+    #[arg(long, env = "APITOKEN_ROLE_RATE_LIMITS", default_value = "viewer=120/m,editor=60/m,owner=30/m", value_parser = parse_role_limits)]
     pub role_rate_limits: RoleLimits,
-    /// Aggregate requests a minute per namespace.
-    #[arg(long, env = "APITOKEN_NAMESPACE_RATE_LIMIT", default_value_t = 1000)]
-    pub namespace_rate_limit: u32,
-    /// Per-namespace aggregates, e.g. `payments=5000,sandbox=100`.
-    #[arg(long, env = "APITOKEN_NAMESPACE_RATE_LIMITS", default_value = "", value_parser = parse_namespace_map)]
-    pub namespace_rate_limits: NamespaceMap,
+    /// The most a token's own limit may be (set by an owner at creation or
+    /// update); `unlimited`: no maximum beyond the namespace's aggregate.
+    #[arg(long, env = "APITOKEN_MAX_TOKEN_RATE_LIMIT", default_value = "unlimited", value_parser = parse_rate_limit)]
+    pub max_token_rate_limit: RateLimit,
+    /// Aggregate limit of every namespace (all its tokens together).
+    #[arg(long, env = "APITOKEN_NAMESPACE_RATE_LIMIT", default_value = "1000/m", value_parser = parse_rate_limit)]
+    pub namespace_rate_limit: RateLimit,
+    /// Per-namespace aggregates, e.g. `payments=5000/m,sandbox=100/m`.
+    #[arg(long, env = "APITOKEN_NAMESPACE_RATE_LIMITS", default_value = "", value_parser = parse_namespace_limits)]
+    pub namespace_rate_limits: NamespaceLimits,
     /// Most active tokens per namespace.
     #[arg(long, env = "APITOKEN_TOKEN_QUOTA", default_value_t = 50)]
     pub token_quota: u32,
     /// Per-namespace token quotas, e.g. `payments=200`.
     #[arg(long, env = "APITOKEN_TOKEN_QUOTAS", default_value = "", value_parser = parse_namespace_map)]
     pub token_quotas: NamespaceMap,
-    /// Failed authentications a minute per peer address before it is refused.
-    #[arg(long, env = "APITOKEN_FAILED_AUTH_LIMIT", default_value_t = 20)]
-    pub failed_auth_limit: u32,
+    /// Failed authentications per client address before further failures
+    /// are refused (`20/m`; a bare number is per minute; `unlimited`: off).
+    #[arg(long, env = "APITOKEN_FAILED_AUTH_LIMIT", default_value = "20/m", value_parser = parse_rate_limit)]
+    pub failed_auth_limit: RateLimit,
+    /// Share rate limits and the failed-authentication throttle among every
+    /// replica and interceptor through this Redis (`redis://host:6379/0`,
+    /// `rediss://` for TLS); off unless set.
+    #[arg(long, env = "APITOKEN_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Bound of every Redis call; past it this replica falls back to local
+    /// limits until Redis answers again.
+    #[arg(long, env = "APITOKEN_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_redis_timeout)]
+    pub redis_timeout: Duration,
+    /// Prefix of the Redis keys (the same on every replica and interceptor).
+    #[arg(long, env = "APITOKEN_REDIS_KEY_PREFIX", default_value = apitoken_ratelimit::DEFAULT_KEY_PREFIX, value_parser = parse_key_prefix)]
+    pub redis_key_prefix: String,
     /// Every token must have an expiry.
     #[arg(long, env = "APITOKEN_EXPIRY_REQUIRED")]
     pub expiry_required: bool,
@@ -348,26 +367,82 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     number.checked_mul(factor).ok_or_else(bad)
 }
 
-/// Requests a minute for viewer, editor and owner.
+/// Limits of viewer, editor and owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoleLimits(pub [u32; 3]);
+pub struct RoleLimits(pub [RateLimit; 3]);
 
 /// `namespace=number` pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceMap(pub std::collections::HashMap<String, u32>);
 
-/// Parses `viewer=120,editor=60,owner=30` (every role, positive numbers).
+/// `namespace=limit` pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceLimits(pub std::collections::HashMap<String, RateLimit>);
+
+/// Parses `120/m`, `10/s`, `5000/h`, `unlimited` (a bare number: per minute).
+pub fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
+    text.parse()
+}
+
+/// Parses `viewer=120/m,editor=60/m,owner=30/m` (every role).
 pub fn parse_role_limits(text: &str) -> Result<RoleLimits, String> {
-    let pairs = parse_pairs(text)?;
-    let mut limits = [0u32; 3];
-    for (key, value) in pairs {
+    let mut limits = [None; 3];
+    for (key, value) in parse_text_pairs(text)? {
         let role = Role::parse(&key).ok_or_else(|| format!("`{key}` is not a role"))?;
-        limits[usize::from(role.as_i16().unsigned_abs()) - 1] = value;
+        limits[usize::from(role.as_i16().unsigned_abs()) - 1] = Some(value.parse()?);
     }
-    if limits.contains(&0) {
-        return Err("give a positive limit for viewer, editor and owner".to_owned());
+    match limits {
+        [Some(viewer), Some(editor), Some(owner)] => Ok(RoleLimits([viewer, editor, owner])),
+        _ => Err("give a limit for viewer, editor and owner".to_owned()),
     }
-    Ok(RoleLimits(limits))
+}
+
+/// Parses `ns=limit,...` (namespace ids); empty is none.
+pub fn parse_namespace_limits(text: &str) -> Result<NamespaceLimits, String> {
+    let mut map = std::collections::HashMap::new();
+    for (namespace, value) in parse_text_pairs(text)? {
+        apitoken_domain::name::check_id("namespace", &namespace)
+            .map_err(|violation| format!("namespace `{namespace}` {}", violation.description))?;
+        map.insert(namespace, value.parse()?);
+    }
+    Ok(NamespaceLimits(map))
+}
+
+fn parse_text_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` is not `name=value`"))?;
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Parses the Redis timeout: 1 ms to 10 s.
+pub fn parse_redis_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&timeout) {
+        return Err("--redis-timeout must be from 1ms to 10s".to_owned());
+    }
+    Ok(timeout)
+}
+
+/// A Redis key prefix: 1 to 64 of `[A-Za-z0-9._-]`.
+pub fn parse_key_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty()
+        || text.len() > 64
+        || !text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(
+            "--redis-key-prefix must be 1 to 64 of A-Z, a-z, 0-9, `.`, `_`, `-`".to_owned(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 /// Parses `ns=number,...` (namespace ids, positive numbers); empty is none.
@@ -482,9 +557,25 @@ mod tests {
     #[test]
     fn limits_parse() {
         assert_eq!(
-            parse_role_limits("viewer=120,editor=60,owner=30"),
-            Ok(RoleLimits([120, 60, 30]))
+            parse_role_limits("viewer=120,editor=60/m,owner=10/s"),
+            Ok(RoleLimits([
+                RateLimit::per_minute(120),
+                RateLimit::per_minute(60),
+                "10/s".parse().expect("limit")
+            ]))
         );
+        assert_eq!(
+            parse_namespace_limits("payments=unlimited, sandbox=5/s")
+                .expect("map")
+                .0
+                .get("payments"),
+            Some(&RateLimit::Unlimited)
+        );
+        assert!(parse_namespace_limits("payments=0").is_err());
+        assert!(parse_role_limits("viewer=0/m,editor=1,owner=1").is_err());
+        assert!(parse_redis_timeout("0ms").is_err());
+        assert!(parse_redis_timeout("11s").is_err());
+        assert!(parse_key_prefix("a b").is_err());
         assert!(
             parse_role_limits("viewer=1,editor=2").is_err(),
             "every role"

@@ -1,6 +1,6 @@
 //! Domain values to and from wire types.
 
-use apitoken_domain::{Error, error::FieldViolation};
+use apitoken_domain::{Error, error::FieldViolation, ratelimit::RateLimit};
 use apitoken_proto::v1;
 use apitoken_store::TokenRecord;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -35,7 +35,7 @@ pub fn from_timestamp(field: &str, timestamp: &Timestamp) -> Result<DateTime<Utc
 
 /// The wire form of a stored token at `now` (the state is derived), with
 /// the rate limit in force for it.
-pub fn api_token(record: &TokenRecord, now: DateTime<Utc>, rate_limit: u32) -> v1::ApiToken {
+pub fn api_token(record: &TokenRecord, now: DateTime<Utc>, rate_limit: RateLimit) -> v1::ApiToken {
     v1::ApiToken {
         name: record.name.to_string(),
         uid: record.uid.clone(),
@@ -54,7 +54,8 @@ pub fn api_token(record: &TokenRecord, now: DateTime<Utc>, rate_limit: u32) -> v
         use_count: record.use_count,
         etag: record.etag(),
         update_time: Some(timestamp(record.update_time)),
-        rate_limit: i32::try_from(rate_limit).unwrap_or(i32::MAX),
+        rate_limit: rate_limit.per_minute_figure(),
+        limit: Some(apitoken_domain::ratelimit::to_proto(rate_limit)),
         last_use_ip: record.last_use_ip.clone().unwrap_or_default(),
         previous_secret_expire_time: record.grace_until(now).map(timestamp),
         interceptor: record.interceptor,

@@ -38,6 +38,7 @@ pub mod index;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod namespaces;
 pub mod peer;
 pub mod policy;
 pub mod service;

@@ -3,6 +3,7 @@
 use std::{process::ExitCode, sync::Arc};
 
 use apitoken_domain::clock::{SharedClock, SystemClock};
+use apitoken_ratelimit::RedisConfig;
 use apitoken_server::{
     App, AppConfig,
     app::{MetricsConfig, StartError},
@@ -90,12 +91,18 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         },
         limits: Limits {
             role_rate_limits: args.role_rate_limits.0,
+            max_token_rate_limit: args.max_token_rate_limit,
             namespace_rate_limit: args.namespace_rate_limit,
             namespace_rate_limits: args.namespace_rate_limits.0,
             token_quota: args.token_quota,
             token_quotas: args.token_quotas.0,
-            failed_auth_per_minute: args.failed_auth_limit,
+            failed_auth_limit: args.failed_auth_limit,
         },
+        redis: args.redis_url.map(|url| RedisConfig {
+            timeout: args.redis_timeout,
+            key_prefix: args.redis_key_prefix,
+            ..RedisConfig::new(url)
+        }),
         trusted_proxies: args.trusted_proxies,
         index: IndexOptions {
             record_cache_capacity: usize::try_from(args.record_cache_size).unwrap_or(usize::MAX),

@@ -144,15 +144,7 @@ impl TrustedProxies {
 /// The key a failed authentication is counted under: the address, with
 /// IPv6 addresses widened to their /64 (one subscriber's usual allocation,
 /// so an attacker cannot get a fresh budget per address).
-pub fn throttle_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(_) => address,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
-    }
-}
+pub use apitoken_domain::ratelimit::throttle_key;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ use apitoken_domain::{
     input::{MAX_ETAG_LEN, MAX_MASK_PATHS, quote},
     name::{Namespace, TokenName, check_id},
     page::{self, QueryFingerprint},
+    ratelimit::{self, RateLimit},
     token::{Secret, TokenFormat},
     validate::{self, Violations},
 };
@@ -27,7 +28,7 @@ use crate::{
     auth::{Authenticator, RATE_DECISION},
     convert::{api_token, from_timestamp, required},
     events::{EventHub, EventStream},
-    limits::{MAX_TOKEN_RATE_LIMIT, add_rate_headers},
+    limits::add_rate_headers,
     policy::{Policy, human},
 };
 use apitoken_store::UsageReport;
@@ -38,13 +39,15 @@ pub const DEFAULT_PAGE_SIZE: u64 = 50;
 /// Largest `page_size`; larger values are lowered to it (AIP-158).
 pub const MAX_PAGE_SIZE: u64 = 1000;
 
-/// The mutable fields of a token, as named in an update mask.
-const UPDATABLE: [&str; 5] = [
+/// The mutable fields of a token, as named in an update mask
+/// (`rate_limit`, the older form of `limit`, is taken as `limit`).
+const UPDATABLE: [&str; 6] = [
     "display_name",
     "description",
     "labels",
     "expire_time",
     "role",
+    "limit",
 ];
 
 /// The service.
@@ -209,17 +212,11 @@ impl ApiTokenService {
             violations.add("ttl", "set api_token.expire_time or ttl, not both");
         }
         let expire_time = expire_time.or_else(|| ttl.and_then(|ttl| now.checked_add_signed(ttl)));
-        let rate_limit = match u32::try_from(token.rate_limit) {
-            Ok(0) => None,
-            Ok(limit) if limit <= MAX_TOKEN_RATE_LIMIT => Some(limit),
-            _ => {
-                violations.add(
-                    "api_token.rate_limit",
-                    format!("must be from 1 to {MAX_TOKEN_RATE_LIMIT} requests a minute, or 0 for the role's default"),
-                );
-                None
-            }
-        };
+        let rate_limit = requested_limit(
+            token,
+            self.auth.limits().max_token_rate_limit,
+            &mut violations,
+        );
         let expected_name = format!(
             "{}/apitokens/{}",
             namespace.resource_name(),
@@ -445,12 +442,13 @@ impl ApiTokenService {
             now,
         );
         entry.details.insert("fields".into(), paths.join(","));
+        let max_limit = self.auth.limits().max_token_rate_limit;
         let record = self
             .store
             .update(
                 &name,
                 now,
-                |current| changes_for(&token, &paths, current, &caller, now),
+                |current| changes_for(&token, &paths, current, &caller, now, max_limit),
                 entry,
             )
             .await?;
@@ -608,15 +606,12 @@ impl ApiTokenService {
         };
         let record = self.auth.index().record(&verified.view).await?;
         let secret_expire_time = verified.secret_expire_time;
+        let namespace_limit = self.auth.namespace_limit(record.name.namespace().as_str());
         Ok(v1::VerifyApiTokenResponse {
             secret_expire_time: secret_expire_time.map(crate::convert::timestamp),
             api_token: Some(self.present(&record, self.clock.now())),
-            namespace_rate_limit: i32::try_from(
-                self.auth
-                    .limits()
-                    .namespace_limit(record.name.namespace().as_str()),
-            )
-            .unwrap_or(i32::MAX),
+            namespace_rate_limit: namespace_limit.per_minute_figure(),
+            namespace_limit: Some(ratelimit::to_proto(namespace_limit)),
         })
     }
 }
@@ -713,6 +708,121 @@ impl ApiTokenService {
 }
 
 impl ApiTokenService {
+    /// The wire form of a namespace's limits.
+    async fn namespace_limits(&self, namespace: &Namespace) -> Result<v1::NamespaceLimits, Error> {
+        let limits = self.auth.limits();
+        let ceiling = limits.operator_namespace_limit(namespace.as_str());
+        let own = self.store.namespace_limit(namespace.as_str()).await?;
+        Ok(v1::NamespaceLimits {
+            name: format!("{}/limits", namespace.resource_name()),
+            rate_limit: Some(ratelimit::to_proto(
+                self.auth.namespace_limit(namespace.as_str()),
+            )),
+            max_rate_limit: Some(ratelimit::to_proto(ceiling)),
+            token_quota: i32::try_from(limits.quota(namespace.as_str())).unwrap_or(i32::MAX),
+            update_time: own
+                .as_ref()
+                .map(|own| crate::convert::timestamp(own.update_time)),
+            updater: own.map(|own| own.updater).unwrap_or_default(),
+        })
+    }
+
+    async fn get_namespace_limits(
+        &self,
+        request: Request<v1::GetNamespaceLimitsRequest>,
+    ) -> Result<v1::NamespaceLimits, Error> {
+        let caller = self.auth.authenticate(&request).await?;
+        let namespace = limits_namespace("name", &request.get_ref().name)?;
+        caller.authorize(namespace.as_str(), Role::Viewer)?;
+        self.namespace_limits(&namespace).await
+    }
+
+    async fn update_namespace_limits(
+        &self,
+        request: Request<v1::UpdateNamespaceLimitsRequest>,
+    ) -> Result<v1::NamespaceLimits, Error> {
+        let context = self.auth.context(&request);
+        let caller = self.auth.authenticate(&request).await?;
+        let limits = required(
+            "namespace_limits",
+            request.get_ref().namespace_limits.as_ref(),
+        )?;
+        let namespace = limits_namespace("namespace_limits.name", &limits.name)?;
+        caller.authorize(namespace.as_str(), Role::Owner)?;
+        let paths: &[String] = request
+            .get_ref()
+            .update_mask
+            .as_ref()
+            .map_or(&[], |mask| mask.paths.as_slice());
+        if paths.len() > MAX_MASK_PATHS {
+            return Err(Error::invalid(
+                "update_mask",
+                format!("must have at most {MAX_MASK_PATHS} paths"),
+            ));
+        }
+        if let Some(path) = paths
+            .iter()
+            .find(|path| !matches!(path.as_str(), "rate_limit" | "*"))
+        {
+            return Err(Error::invalid(
+                "update_mask",
+                format!("{} cannot be updated: use rate_limit", quote(path)),
+            ));
+        }
+        let ceiling = self
+            .auth
+            .limits()
+            .operator_namespace_limit(namespace.as_str());
+        let own = match &limits.rate_limit {
+            None => None,
+            Some(wire) => {
+                let limit = ratelimit::from_proto(wire).map_err(|(subfield, description)| {
+                    let field = if subfield.is_empty() {
+                        "namespace_limits.rate_limit".to_owned()
+                    } else {
+                        format!("namespace_limits.rate_limit.{subfield}")
+                    };
+                    Error::invalid(&field, description)
+                })?;
+                if !limit.within(ceiling) {
+                    return Err(Error::invalid(
+                        "namespace_limits.rate_limit",
+                        format!(
+                            "must be at most {ceiling} ({}): the deployment's figure for namespace {namespace}",
+                            describe_rate_limit(ceiling)
+                        ),
+                    ));
+                }
+                Some(limit)
+            }
+        };
+        let now = self.clock.now();
+        let resource = format!("{}/limits", namespace.resource_name());
+        let mut entry = context.entry(
+            namespace.as_str(),
+            Action::Update,
+            Actor::Token(&caller),
+            resource.clone(),
+            now,
+        );
+        entry.details.insert(
+            "rate_limit".into(),
+            own.map_or_else(|| format!("default ({ceiling})"), |own| own.to_string()),
+        );
+        self.store
+            .set_namespace_limit(
+                namespace.as_str(),
+                own,
+                &caller.name.to_string(),
+                now,
+                entry,
+            )
+            .await?;
+        self.auth.namespaces().set(namespace.as_str(), own);
+        info!(%resource, rate_limit = ?own, actor = %caller.name, "namespace limit updated");
+        self.namespace_limits(&namespace).await
+    }
+
     async fn list_audit(
         &self,
         request: Request<v1::ListAuditEventsRequest>,
@@ -750,6 +860,89 @@ impl ApiTokenService {
             next_page_token,
         })
     }
+}
+
+/// A token's own limit as given on create or update: `limit`, or the older
+/// `rate_limit` (a minute), or neither (`None`: the role's default). Never
+/// above `max`; every refusal names the field and the bound.
+fn requested_limit(
+    token: &v1::ApiToken,
+    max: RateLimit,
+    violations: &mut Violations,
+) -> Option<RateLimit> {
+    let requested = match (&token.limit, token.rate_limit) {
+        (Some(limit), legacy) => match ratelimit::from_proto(limit) {
+            // A token read back (both forms, agreeing) is fine.
+            Ok(limit) if legacy == 0 || legacy == limit.per_minute_figure() => limit,
+            Ok(_) => {
+                violations.add(
+                    "api_token.rate_limit",
+                    "set api_token.limit or api_token.rate_limit, not both",
+                );
+                return None;
+            }
+            Err((subfield, description)) => {
+                let field = if subfield.is_empty() {
+                    "api_token.limit".to_owned()
+                } else {
+                    format!("api_token.limit.{subfield}")
+                };
+                violations.add(field, description);
+                return None;
+            }
+        },
+        (None, 0) => return None,
+        (None, legacy) => match u32::try_from(legacy)
+            .ok()
+            .filter(|count| (1..=ratelimit::MAX_COUNT).contains(count))
+        {
+            Some(count) => RateLimit::per_minute(count),
+            None => {
+                violations.add(
+                    "api_token.rate_limit",
+                    format!(
+                        "must be from 1 to {} requests a minute, or 0 for the role's default",
+                        ratelimit::MAX_COUNT
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    if !requested.within(max) {
+        let field = if token.limit.is_some() {
+            "api_token.limit"
+        } else {
+            "api_token.rate_limit"
+        };
+        violations.add(
+            field,
+            format!(
+                "must be at most {max} ({}): the deployment's maximum for a token's own limit",
+                describe_rate_limit(max)
+            ),
+        );
+        return None;
+    }
+    Some(requested)
+}
+
+/// "120 requests a minute", or "unlimited".
+fn describe_rate_limit(limit: RateLimit) -> String {
+    match limit {
+        RateLimit::Unlimited => "unlimited".to_owned(),
+        RateLimit::Limited(limit) => {
+            format!("{} requests a {}", limit.count, limit.window.word())
+        }
+    }
+}
+
+/// The namespace of `namespaces/{namespace}/limits` given as `field`.
+fn limits_namespace(field: &str, name: &str) -> Result<Namespace, Error> {
+    let parent = name.strip_suffix("/limits").ok_or_else(|| {
+        Error::invalid(field, "must be of the form namespaces/{namespace}/limits")
+    })?;
+    Namespace::parse_parent(field, parent)
 }
 
 /// `page_size` (AIP-158): 0 means the default, larger than the maximum is
@@ -799,6 +992,7 @@ fn update_paths(
             !token.labels.is_empty(),
             token.expire_time.is_some(),
             token.role != 0,
+            token.limit.is_some() || token.rate_limit != 0,
         ];
         let implied: Vec<_> = UPDATABLE
             .into_iter()
@@ -823,13 +1017,14 @@ fn update_paths(
     let mut violations = Violations::default();
     let mut known = Vec::new();
     for path in paths {
-        match UPDATABLE.iter().find(|field| *field == path) {
+        let path = if path == "rate_limit" { "limit" } else { path };
+        match UPDATABLE.iter().find(|field| **field == path) {
             Some(field) if !known.contains(field) => known.push(*field),
             Some(_) => {}
             None => violations.add(
                 "update_mask",
                 format!(
-                    "{} cannot be updated: use display_name, description, labels, expire_time or role",
+                    "{} cannot be updated: use display_name, description, labels, expire_time, role or limit",
                     quote(path)
                 ),
             ),
@@ -848,6 +1043,7 @@ fn changes_for(
     current: &TokenRecord,
     caller: &Principal,
     now: DateTime<Utc>,
+    max_limit: RateLimit,
 ) -> Result<TokenChanges, Error> {
     if !token.etag.is_empty() && token.etag != current.etag() {
         return Err(Error::Aborted(format!(
@@ -900,6 +1096,12 @@ fn changes_for(
                     changes.role = (role != current.role).then_some(role);
                 }
             },
+            "limit" => {
+                let requested = requested_limit(token, max_limit, &mut violations);
+                if requested != current.rate_limit {
+                    changes.rate_limit = Some(requested);
+                }
+            }
             _ => return Err(Error::Internal),
         }
     }
@@ -1047,5 +1249,19 @@ impl ApiTokenServiceRpc for ApiTokenService {
         request: Request<v1::VerifyApiTokenRequest>,
     ) -> Result<Response<v1::VerifyApiTokenResponse>, Status> {
         with_rate_headers(self.verify(request)).await
+    }
+
+    async fn get_namespace_limits(
+        &self,
+        request: Request<v1::GetNamespaceLimitsRequest>,
+    ) -> Result<Response<v1::NamespaceLimits>, Status> {
+        with_rate_headers(ApiTokenService::get_namespace_limits(self, request)).await
+    }
+
+    async fn update_namespace_limits(
+        &self,
+        request: Request<v1::UpdateNamespaceLimitsRequest>,
+    ) -> Result<Response<v1::NamespaceLimits>, Status> {
+        with_rate_headers(ApiTokenService::update_namespace_limits(self, request)).await
     }
 }

@@ -30,7 +30,11 @@ pub struct Model {
     pub version: i64,
     pub update_time: DateTimeUtc,
     pub expiry_notified: bool,
+    /// A token's own limit: NULL for the role's default, 0 for unlimited,
+    /// else requests per `rate_limit_window` seconds.
     pub rate_limit: Option<i32>,
+    /// 1, 60 or 3600; NULL (rows before the column) is 60.
+    pub rate_limit_window: Option<i32>,
     pub last_use_ip: Option<String>,
     pub previous_secret_hash: Option<Vec<u8>>,
     pub previous_secret_expire_time: Option<DateTimeUtc>,

@@ -3,7 +3,8 @@
 //!
 //! - [`entity`], [`event_entity`], [`audit_entity`]: the sea-orm entities of
 //!   `api_tokens`, `api_token_events` and `audit_events`; [`watermark_entity`]
-//!   records how far the event log was pruned.
+//!   records how far the event log was pruned; [`namespace_limit_entity`]
+//!   holds namespaces' own aggregate limits.
 //! - [`record`]: the rows as domain values ([`TokenRecord`]) and what callers
 //!   hand in ([`NewToken`], [`TokenChanges`], [`ListQuery`]).
 //! - [`store`]: [`TokenStore`], every query the service makes. Each write is
@@ -15,6 +16,7 @@
 pub mod audit_entity;
 pub mod entity;
 pub mod event_entity;
+pub mod namespace_limit_entity;
 pub mod record;
 pub mod store;
 pub mod watermark_entity;

@@ -2,7 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use apitoken_domain::{Role, TokenState, event::EventKind, hash::SecretHash, name::TokenName};
+use apitoken_domain::{
+    Role, TokenState,
+    event::EventKind,
+    hash::SecretHash,
+    name::TokenName,
+    ratelimit::{Limit, RateLimit, Window},
+};
 use chrono::{DateTime, Utc};
 
 /// A stored token.
@@ -44,8 +50,8 @@ pub struct TokenRecord {
     pub version: i64,
     /// Last change.
     pub update_time: DateTime<Utc>,
-    /// Per-token rate limit (requests a minute); `None`: the role's default.
-    pub rate_limit: Option<u32>,
+    /// The token's own rate limit; `None`: the role's default.
+    pub rate_limit: Option<RateLimit>,
     /// Address of the caller of the last use.
     pub last_use_ip: Option<String>,
     /// Hash of the previous secret, during a grace period.
@@ -101,8 +107,8 @@ pub struct NewToken {
     pub secret_hash: SecretHash,
     /// Prefix and first characters of the secret.
     pub secret_hint: String,
-    /// Per-token rate limit; `None`: the role's default.
-    pub rate_limit: Option<u32>,
+    /// The token's own rate limit; `None`: the role's default.
+    pub rate_limit: Option<RateLimit>,
     /// An interceptor's token.
     pub interceptor: bool,
     /// Creation time.
@@ -122,6 +128,37 @@ pub struct TokenChanges {
     pub expire_time: Option<DateTime<Utc>>,
     /// New role (only ever lower; checked by the caller).
     pub role: Option<Role>,
+    /// New own rate limit (`Some(None)`: back to the role's default).
+    pub rate_limit: Option<Option<RateLimit>>,
+}
+
+/// The columns `(rate_limit, rate_limit_window)` of a token's own limit:
+/// NULL for the role's default, 0 for unlimited, else the count and the
+/// window in seconds.
+pub fn encode_rate_limit(limit: Option<RateLimit>) -> (Option<i32>, Option<i32>) {
+    match limit {
+        None => (None, None),
+        Some(RateLimit::Unlimited) => (Some(0), None),
+        Some(RateLimit::Limited(limit)) => (
+            Some(i32::try_from(limit.count).unwrap_or(i32::MAX)),
+            Some(i32::try_from(limit.window.seconds()).unwrap_or(60)),
+        ),
+    }
+}
+
+/// The limit stored as `(rate_limit, rate_limit_window)`; a window that is
+/// missing (rows from before the column) is a minute; a negative count or
+/// an unknown window reads as the role's default.
+pub fn decode_rate_limit(count: Option<i32>, window: Option<i32>) -> Option<RateLimit> {
+    let count = u32::try_from(count?).ok()?;
+    if count == 0 {
+        return Some(RateLimit::Unlimited);
+    }
+    let window = match window {
+        None => Window::Minute,
+        Some(seconds) => Window::from_seconds(u32::try_from(seconds).ok()?)?,
+    };
+    Some(RateLimit::Limited(Limit { count, window }))
 }
 
 impl TokenChanges {

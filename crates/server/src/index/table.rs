@@ -16,6 +16,7 @@ use std::{
     sync::Arc,
 };
 
+use apitoken_domain::ratelimit::RateLimit;
 use apitoken_domain::{Role, hash::SecretHash, name::TokenName};
 use apitoken_store::{AuthRow, SecretMatch};
 use chrono::{DateTime, Utc};
@@ -55,8 +56,8 @@ struct Slot {
     previous: Option<Box<Previous>>,
     expire_time: Micros,
     revoke_time: Micros,
-    /// 0: the role's default.
-    rate_limit: u32,
+    /// `None`: the role's default.
+    rate_limit: Option<RateLimit>,
     role: Role,
     interceptor: bool,
     end_grace_on_first_use: bool,
@@ -80,8 +81,8 @@ pub struct AuthView {
     pub role: Role,
     /// An interceptor's token.
     pub interceptor: bool,
-    /// Per-token limit; `None`: the role's default.
-    pub rate_limit: Option<u32>,
+    /// The token's own limit; `None`: the role's default.
+    pub rate_limit: Option<RateLimit>,
     /// Expiry.
     pub expire_time: Option<DateTime<Utc>>,
     /// Revocation.
@@ -270,7 +271,7 @@ impl TokenTable {
             }),
             expire_time: micros(row.expire_time),
             revoke_time: micros(row.revoke_time),
-            rate_limit: row.rate_limit.unwrap_or(0),
+            rate_limit: row.rate_limit,
             role: row.role,
             interceptor: row.interceptor,
             end_grace_on_first_use: row.end_grace_on_first_use,
@@ -397,7 +398,7 @@ fn view(slot: &Slot) -> AuthView {
         version: slot.version,
         role: slot.role,
         interceptor: slot.interceptor,
-        rate_limit: (slot.rate_limit > 0).then_some(slot.rate_limit),
+        rate_limit: slot.rate_limit,
         expire_time: time(slot.expire_time),
         revoke_time: time(slot.revoke_time),
         previous_secret_expire_time: slot.previous.as_ref().and_then(|p| time(p.until)),

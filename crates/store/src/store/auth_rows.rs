@@ -34,8 +34,8 @@ pub struct AuthRow {
     pub version: i64,
     /// An interceptor's token.
     pub interceptor: bool,
-    /// Per-token rate limit; `None`: the role's default.
-    pub rate_limit: Option<u32>,
+    /// The token's own rate limit; `None`: the role's default.
+    pub rate_limit: Option<apitoken_domain::ratelimit::RateLimit>,
     /// Expiry, if any.
     pub expire_time: Option<DateTime<Utc>>,
     /// Revocation time, if revoked.
@@ -81,6 +81,7 @@ struct AuthColumns {
     version: i64,
     interceptor: bool,
     rate_limit: Option<i32>,
+    rate_limit_window: Option<i32>,
     expire_time: Option<DateTime<Utc>>,
     revoke_time: Option<DateTime<Utc>>,
     secret_hash: Vec<u8>,
@@ -108,7 +109,7 @@ impl AuthColumns {
             uid: self.uid,
             version: self.version,
             interceptor: self.interceptor,
-            rate_limit: self.rate_limit.and_then(|limit| u32::try_from(limit).ok()),
+            rate_limit: crate::record::decode_rate_limit(self.rate_limit, self.rate_limit_window),
             expire_time: self.expire_time,
             revoke_time: self.revoke_time,
             previous_secret_expire_time: self.previous_secret_expire_time,

@@ -9,6 +9,7 @@
 mod audit;
 pub mod auth_rows;
 pub mod events;
+pub mod namespace_limits;
 mod retention;
 mod tokens;
 mod usage;

@@ -20,7 +20,10 @@ use super::{
 };
 use crate::{
     entity::{self, Column, Entity},
-    record::{AuditEntry, Grace, ListQuery, NewToken, SecretMatch, TokenChanges, TokenRecord},
+    record::{
+        AuditEntry, Grace, ListQuery, NewToken, SecretMatch, TokenChanges, TokenRecord,
+        decode_rate_limit, encode_rate_limit,
+    },
 };
 use apitoken_domain::filter::{Condition as FilterCondition, Op};
 
@@ -64,9 +67,8 @@ impl TokenStore {
             version: Set(1),
             update_time: Set(token.now),
             expiry_notified: Set(false),
-            rate_limit: Set(token
-                .rate_limit
-                .map(|limit| i32::try_from(limit).unwrap_or(i32::MAX))),
+            rate_limit: Set(encode_rate_limit(token.rate_limit).0),
+            rate_limit_window: Set(encode_rate_limit(token.rate_limit).1),
             last_use_ip: Set(None),
             previous_secret_hash: Set(None),
             previous_secret_expire_time: Set(None),
@@ -248,6 +250,12 @@ impl TokenStore {
             }
             if let Some(role) = changes.role {
                 update = update.col_expr(Column::Role, Expr::value(role.as_i16()));
+            }
+            if let Some(limit) = changes.rate_limit {
+                let (count, window) = encode_rate_limit(limit);
+                update = update
+                    .col_expr(Column::RateLimit, Expr::value(count))
+                    .col_expr(Column::RateLimitWindow, Expr::value(window));
             }
             let txn = self.begin_event_write().await?;
             let result = update.exec(&txn).await.map_err(db_error)?;
@@ -535,7 +543,7 @@ pub(super) fn to_record(model: entity::Model) -> Result<TokenRecord, Error> {
         use_count: model.use_count,
         version: model.version,
         update_time: model.update_time,
-        rate_limit: model.rate_limit.and_then(|limit| u32::try_from(limit).ok()),
+        rate_limit: decode_rate_limit(model.rate_limit, model.rate_limit_window),
         last_use_ip: model.last_use_ip,
         previous_secret_hash: model
             .previous_secret_hash
