@@ -295,6 +295,7 @@ impl App {
                     Arc::clone(&events),
                     self.store.clone(),
                     Arc::clone(&self.clock),
+                    Arc::clone(self.limiter.state()),
                     self.config.metrics.max_namespaces,
                 ));
                 Some(tokio::spawn(crate::metrics::exporter::serve(

@@ -233,6 +233,8 @@ fn metrics_are_exported_and_bounded() {
         ("apitoken_serving", 1.0),
         (r#"apitoken_health_check{check="schema"}"#, 1.0),
         ("apitoken_event_watchers", 0.0),
+        ("apitoken_redis_configured", 0.0),
+        ("apitoken_redis_fallback", 0.0),
     ] {
         assert_eq!(sample(&body, series), Some(value), "{series}\n{body}");
     }

@@ -1,5 +1,6 @@
 //! Gauges read when Prometheus scrapes: what the index, the event hub and
-//! the database pool hold at that moment. Nothing here runs per call.
+//! the database pool hold at that moment, and whether rate limits are
+//! shared through Redis. Nothing here runs per call.
 
 use std::{
     collections::HashSet,
@@ -22,6 +23,7 @@ pub struct Collector {
     events: Arc<EventHub>,
     store: TokenStore,
     clock: SharedClock,
+    limits: Arc<apitoken_ratelimit::BackendState>,
     max_namespaces: usize,
     /// Namespaces given a series at the last scrape (set to 0 when they
     /// drop out, so a stale figure never lingers).
@@ -37,6 +39,7 @@ impl Collector {
         events: Arc<EventHub>,
         store: TokenStore,
         clock: SharedClock,
+        limits: Arc<apitoken_ratelimit::BackendState>,
         max_namespaces: usize,
     ) -> Self {
         Self {
@@ -44,6 +47,7 @@ impl Collector {
             events,
             store,
             clock,
+            limits,
             max_namespaces,
             shown: Mutex::default(),
         }
@@ -62,6 +66,8 @@ impl Collector {
         metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "busy").set(f64::from(busy));
         metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "idle").set(f64::from(pool.idle));
         metrics::gauge!(names::DB_POOL_MAX).set(f64::from(pool.max));
+        metrics::gauge!(names::REDIS_CONFIGURED).set(f64::from(u8::from(self.limits.configured())));
+        metrics::gauge!(names::REDIS_FALLBACK).set(f64::from(u8::from(self.limits.fallback())));
         self.active_tokens();
     }
 

@@ -43,6 +43,11 @@ pub const DB_ERRORS: &str = apitoken_store::DB_ERRORS;
 pub const HEALTH_CHECK: &str = "apitoken_health_check";
 /// 1 while the server reports SERVING.
 pub const SERVING: &str = "apitoken_serving";
+/// 1 if rate limits are configured to be shared through Redis.
+pub const REDIS_CONFIGURED: &str = "apitoken_redis_configured";
+/// 1 while Redis is configured but unreachable, so this replica enforces
+/// local limits.
+pub const REDIS_FALLBACK: &str = "apitoken_redis_fallback";
 /// Always 1 (`version`).
 pub const BUILD_INFO: &str = "apitoken_build_info";
 
@@ -87,5 +92,13 @@ pub fn describe() {
     describe_counter!(DB_ERRORS, "Database errors, by kind");
     describe_gauge!(HEALTH_CHECK, "1 if a health check passes, by check");
     describe_gauge!(SERVING, "1 while the server reports SERVING");
+    describe_gauge!(
+        REDIS_CONFIGURED,
+        "1 if rate limits are shared through Redis"
+    );
+    describe_gauge!(
+        REDIS_FALLBACK,
+        "1 while Redis is unreachable and local limits are enforced"
+    );
     describe_gauge!(BUILD_INFO, "Always 1, with the server's version");
 }
