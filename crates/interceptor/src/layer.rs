@@ -204,6 +204,7 @@ where
         // Plaintext and TLS servers put different connect info in.
         let peer = apitoken_proto::peer::remote_addr(request.extensions()).map(|addr| addr.ip());
         let span = span(request.uri().path());
+        crate::trace::link_to_caller(&span, request.headers());
         let step = span.in_scope(|| {
             self.shared
                 .decide(request.uri().path(), request.headers(), peer)

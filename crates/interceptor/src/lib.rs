@@ -102,7 +102,9 @@
 //!
 //! Modules: [`config`] (builder and policy), [`auth`] (the handle and the
 //! decision per call), [`cache`], [`verifier`], [`watcher`], [`usage`],
-//! [`layer`], [`metrics`] (what it counts, through the `metrics` facade).
+//! [`layer`], [`metrics`] (what it counts, through the `metrics` facade),
+//! [`trace`] (W3C trace context: its span is the parent of its call to
+//! apitoken).
 //!
 //! Architecture invariant: this crate depends on the wire types
 //! (`apitoken-proto`) and the domain rules (`apitoken-domain`) only, never on
@@ -113,6 +115,7 @@ pub mod cache;
 pub mod config;
 pub mod layer;
 pub mod metrics;
+pub mod trace;
 pub mod usage;
 pub mod verifier;
 pub mod watcher;

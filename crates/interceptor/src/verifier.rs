@@ -1,6 +1,7 @@
 //! Remote verification with `VerifyApiToken`: one call per secret however
 //! many requests carry it at once, a timeout on every call, W3C trace
-//! context passed on, and every failure mapped to what the caller sees.
+//! context passed on ([`crate::trace`]: the layer's span as the parent),
+//! and every failure mapped to what the caller sees.
 
 use std::{
     collections::HashMap,
@@ -23,8 +24,7 @@ use tracing::warn;
 
 use crate::cache::CacheKey;
 
-/// W3C trace context headers passed from the incoming call to apitoken.
-pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+pub use crate::trace::TRACE_HEADERS;
 
 /// A token apitoken vouched for, with the limits it enforces on it.
 #[derive(Debug, Clone)]
@@ -129,14 +129,7 @@ impl Verifier {
             },
         );
         request.set_timeout(self.timeout);
-        for header in TRACE_HEADERS {
-            if let Some(value) = trace
-                .get(header)
-                .and_then(|value| tonic::metadata::MetadataValue::try_from(value.as_bytes()).ok())
-            {
-                request.metadata_mut().insert(header, value);
-            }
-        }
+        crate::trace::propagate(request.metadata_mut(), trace);
         let mut client = self.client.clone();
         match tokio::time::timeout(self.timeout, client.verify_api_token(request)).await {
             Err(_) => unavailable(format!("apitoken did not answer within {:?}", self.timeout)),
