@@ -52,11 +52,16 @@ impl Report {
         let _ = writeln!(out, "# apitoken benchmark results\n");
         let _ = writeln!(
             out,
-            "Produced by `apitoken-bench` (crates/bench): {}. Release build; the \
+            "Produced by `apitoken-bench` (crates/bench): {}. {} build; the \
              baseline is `grpc.health.v1.Health/Check` on the same server in the \
              same run, so ratios compare across machines. `unexpected` counts calls \
              whose outcome was not the expected one (it must be 0).\n",
-            self.setup
+            self.setup,
+            if cfg!(debug_assertions) {
+                "Debug (figures not comparable)"
+            } else {
+                "Release"
+            }
         );
         for run in &self.runs {
             let baseline = run.measurements.first().map_or(1.0, Measurement::rate);
