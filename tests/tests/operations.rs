@@ -1,5 +1,5 @@
 //! Operating the server: health (overall and per service, database outage,
-//! shutdown), reflection v1 and v1alpha, graceful shutdown, usage figures.
+//! the schema version, shutdown), reflection v1 and v1alpha, graceful shutdown, usage figures.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -266,4 +266,108 @@ async fn postgres_outage_turns_health_not_serving() {
         matches!(status.code(), Code::Unavailable | Code::Internal),
         "{status:?}"
     );
+}
+
+/// `serve --no-migrate` on a database without the schema: NOT_SERVING
+/// (naming nothing to the caller), every call fails cleanly, and once
+/// `migrate` runs the server turns SERVING by itself.
+async fn health_needs_the_expected_schema(backend: Backend) {
+    use std::sync::Arc;
+
+    use apitoken_domain::clock::{SharedClock, SystemClock};
+    use apitoken_server::{App, AppConfig};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(url) = apitoken_tests::fresh_database(backend, dir.path()).await else {
+        return;
+    };
+    let mut config = AppConfig::new(url.clone());
+    config.migrate = false;
+    config.health_check_interval = Duration::from_millis(100);
+    let clock: SharedClock = Arc::new(SystemClock);
+    let app = App::build(config, clock)
+        .await
+        .expect("builds without migrating");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let check = |service: &'static str| {
+        let channel = channel.clone();
+        async move {
+            HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|response| response.into_inner().status())
+        }
+    };
+    for service in ["", "apitoken.v1.ApiTokenService"] {
+        assert_eq!(
+            check(service).await.expect("health answers"),
+            ServingStatus::NotServing,
+            "{service:?} without the schema"
+        );
+    }
+    // A call fails with a clean status, not a crash or a hang.
+    let mut client =
+        apitoken_tests::v1::api_token_service_client::ApiTokenServiceClient::new(channel.clone());
+    let refused = client
+        .get_api_token(authed(
+            "apitoken_0000000000000000000000000000000000000000000000000",
+            GetApiTokenRequest {
+                name: "namespaces/team-a/apitokens/x".into(),
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            refused.code(),
+            Code::Unauthenticated | Code::Unavailable | Code::Internal
+        ),
+        "{refused:?}"
+    );
+
+    let store = apitoken_store::TokenStore::connect(&url, &apitoken_store::StoreOptions::default())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if check("").await.ok() == Some(ServingStatus::Serving) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never SERVING after migrate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_needs_the_expected_schema_sqlite() {
+    health_needs_the_expected_schema(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(apitoken_postgres),
+    ignore = "PostgreSQL variant: set APITOKEN_TEST_POSTGRES_URL"
+)]
+async fn health_needs_the_expected_schema_postgres() {
+    health_needs_the_expected_schema(Backend::Postgres).await;
 }
