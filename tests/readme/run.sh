@@ -69,6 +69,14 @@ expect() {
   grep -q -- "$2" "$work/$1.out" || { echo "README run '$1': expected $3"; cat "$work/$1.out"; exit 1; }
 }
 
+# The README's addresses must be free (another server or example left
+# running would answer instead, or take the port).
+for port in 50051 50060; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "127.0.0.1:$port is in use: stop what listens there first"; exit 1
+  fi
+done
+
 # 1. In order, one database.
 start_server in-order
 run in-order first-token walkthrough cli example
