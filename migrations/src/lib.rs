@@ -15,6 +15,7 @@ mod m20261123_000005_event_watermark;
 mod m20261125_000006_interceptor_tokens;
 mod m20261202_000007_rate_limit_window;
 mod m20261202_000008_namespace_limits;
+mod m20261202_000009_sweep_indexes;
 
 /// Every migration of the product.
 #[derive(Debug)]
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000006_interceptor_tokens::Migration),
             Box::new(m20261202_000007_rate_limit_window::Migration),
             Box::new(m20261202_000008_namespace_limits::Migration),
+            Box::new(m20261202_000009_sweep_indexes::Migration),
         ]
     }
 }

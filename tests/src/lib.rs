@@ -105,8 +105,8 @@ pub struct Options {
     pub client: ConnectOptions,
     /// Shared limits (see [`redis_config`]).
     pub redis: Option<apitoken_ratelimit::RedisConfig>,
-    /// [`apitoken_store::StoreOptions::event_lock_wait`].
-    pub event_lock_wait: Duration,
+    /// [`apitoken_store::StoreOptions::lock_wait`].
+    pub lock_wait: Duration,
 }
 
 /// Limits that tests of other features never reach.
@@ -168,7 +168,7 @@ impl Default for Options {
             transport: TransportConfig::default(),
             client: ConnectOptions::default(),
             redis: None,
-            event_lock_wait: apitoken_store::StoreOptions::default().event_lock_wait,
+            lock_wait: apitoken_store::StoreOptions::default().lock_wait,
         }
     }
 }
@@ -498,7 +498,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.trusted_proxies = options.trusted_proxies.clone();
     config.transport = options.transport.clone();
     config.redis = options.redis.clone();
-    config.store.event_lock_wait = options.event_lock_wait;
+    config.store.lock_wait = options.lock_wait;
     // Retention runs every 10 minutes in production; tests move the clock
     // and want it applied promptly.
     config.policy.retention_interval = Duration::from_millis(100);

@@ -221,7 +221,7 @@ async fn a_held_event_lock_fails_writes_in_time_instead_of_hanging() {
     let Some(server) = TestServer::start_with(
         Backend::Postgres,
         Options {
-            event_lock_wait: Duration::from_millis(300),
+            lock_wait: Duration::from_millis(300),
             ..Options::default()
         },
     )

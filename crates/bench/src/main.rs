@@ -194,6 +194,13 @@ async fn bench(args: Args) -> Result<(), String> {
         let load_time = loaded.elapsed();
         let owner = server::bootstrap(&database.url, "bench-owner", "owner", false)?;
         let watcher = server::bootstrap(&database.url, "bench-interceptor", "viewer", true)?;
+        let writer = server::bootstrap_in(
+            &database.url,
+            server::WRITES_NAMESPACE,
+            "bench-writer",
+            "owner",
+            false,
+        )?;
         let server = ServerProcess::start(&database.url, server_core).await?;
         eprintln!(
             "   loaded in {load_time:?}; server SERVING after {:?} (cold start)",
@@ -202,6 +209,7 @@ async fn bench(args: Args) -> Result<(), String> {
         let run = scenarios(
             &server,
             &owner,
+            &writer,
             &watcher,
             &known,
             load,
@@ -259,9 +267,11 @@ fn bearer(secret: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, String>
 }
 
 /// Every scenario against one server.
+#[allow(clippy::too_many_arguments)]
 async fn scenarios(
     server: &ServerProcess,
     owner: &str,
+    writer: &str,
     watcher: &str,
     known: &[apitoken_domain::token::Secret],
     load: Load,
@@ -411,7 +421,7 @@ async fn scenarios(
         .await,
     );
 
-    let bearer_for_create = owner_bearer.clone();
+    let bearer_for_create = bearer(writer)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let create_load = Load {
         duration: load.duration.min(Duration::from_secs(3)),
@@ -426,7 +436,7 @@ async fn scenarios(
                 let request = authed(
                     &bearer_for_create,
                     CreateApiTokenRequest {
-                        parent: format!("namespaces/{}", server::NAMESPACE),
+                        parent: format!("namespaces/{}", server::WRITES_NAMESPACE),
                         api_token_id: format!("c{}-{task}-{i}", &run_id[..8]),
                         api_token: Some(v1::ApiToken {
                             role: v1::Role::Viewer.into(),

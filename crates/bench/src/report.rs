@@ -55,7 +55,10 @@ impl Report {
             "Produced by `apitoken-bench` (crates/bench): {}. {} build; the \
              baseline is `grpc.health.v1.Health/Check` on the same server in the \
              same run, so ratios compare across machines. `unexpected` counts calls \
-             whose outcome was not the expected one (it must be 0).\n",
+             whose outcome was not the expected one (it must be 0). The pre-loaded \
+             tokens are all in one namespace (`bench`); `CreateApiToken` writes \
+             into another (`bench-writes`), whose quota check counts only its own \
+             tokens.\n",
             self.setup,
             if cfg!(debug_assertions) {
                 "Debug (figures not comparable)"

@@ -21,6 +21,10 @@ use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, EntityTrai
 /// The namespace every pre-loaded token lives in (spread over more would
 /// change nothing: lookups are by hash).
 pub(crate) const NAMESPACE: &str = "bench";
+/// The namespace `CreateApiToken` writes into: a namespace of ordinary size
+/// (its quota check counts its own active tokens, up to the quota), apart
+/// from the pre-loaded one.
+pub(crate) const WRITES_NAMESPACE: &str = "bench-writes";
 /// Tokens whose secrets the benchmark knows (the rest only have hashes).
 pub(crate) const KNOWN: usize = 64;
 /// Rows per insert statement.

@@ -179,6 +179,10 @@ impl App {
         if config.migrate {
             store.migrate().await?;
         }
+        // Planner statistics (SQLite); the retention sweep keeps them fresh.
+        if let Err(error) = store.optimize().await {
+            tracing::warn!(error = %error, "could not refresh the planner's statistics");
+        }
         let usage = Arc::new(UsageRecorder::new(store.clone()));
         let limiter = Limiter::new(
             Arc::clone(&clock),

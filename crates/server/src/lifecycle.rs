@@ -121,6 +121,10 @@ impl Lifecycle {
     /// audit events, prune the event log. They scan by time, so they run on
     /// their own, slower interval.
     pub async fn sweep_retention(&self) -> Result<(), Error> {
+        // The planner's statistics follow the table's growth (SQLite).
+        if let Err(error) = self.store.optimize().await {
+            warn!(error = %error, "could not refresh the planner's statistics");
+        }
         let now = self.clock.now();
         let context = RequestContext::rule();
         let purged = self

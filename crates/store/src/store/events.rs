@@ -48,6 +48,16 @@ impl EventListener {
     }
 }
 
+/// Tokens past their expiry whose `Expired` event is not written yet (the
+/// index on `(expiry_notified, expire_time)` finds them without a scan).
+pub(super) fn expired_due(now: DateTime<Utc>, limit: u64) -> sea_orm::Select<Entity> {
+    Entity::find()
+        .filter(Column::ExpiryNotified.eq(false))
+        .filter(Column::ExpireTime.lte(now))
+        .filter(Column::RevokeTime.is_null())
+        .limit(limit)
+}
+
 impl TokenStore {
     /// A listener for event appends on PostgreSQL; `None` on SQLite, where
     /// one process writes and polls suffice.
@@ -76,12 +86,7 @@ impl TokenStore {
         now: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<TokenRecord>, Error> {
-        let due: Vec<TokenRecord> = Entity::find()
-            .filter(Column::RevokeTime.is_null())
-            .filter(Column::ExpireTime.lte(now))
-            .filter(Column::ExpiryNotified.eq(false))
-            .order_by_asc(Column::Id)
-            .limit(limit)
+        let due: Vec<TokenRecord> = expired_due(now, limit)
             .all(&self.db)
             .await
             .map_err(db_error)?

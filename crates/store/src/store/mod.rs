@@ -40,9 +40,10 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long to wait for a connection (also the connect timeout).
     pub acquire_timeout: Duration,
-    /// Longest wait for the lock that orders event sequences (PostgreSQL)
-    /// before a write fails as UNAVAILABLE.
-    pub event_lock_wait: Duration,
+    /// Longest wait for a PostgreSQL transaction lock (the one that orders
+    /// event sequences, a namespace's quota lock) before a write fails as
+    /// UNAVAILABLE.
+    pub lock_wait: Duration,
 }
 
 impl Default for StoreOptions {
@@ -50,7 +51,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
-            event_lock_wait: Duration::from_secs(10),
+            lock_wait: Duration::from_secs(10),
         }
     }
 }
@@ -59,8 +60,8 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     db: DatabaseConnection,
-    /// [`StoreOptions::event_lock_wait`], in whole milliseconds (at least 1).
-    event_lock_wait_ms: u128,
+    /// [`StoreOptions::lock_wait`], in whole milliseconds (at least 1).
+    lock_wait_ms: u128,
     /// Told of every token this process changes, after the commit and
     /// before the write returns (see [`TokenStore::observe`]).
     observer: Arc<OnceLock<Arc<dyn ChangeObserver>>>,
@@ -112,7 +113,7 @@ pub struct PoolStats {
 
 /// Maps a database error: connection trouble is `UNAVAILABLE` (retry), the
 /// rest `INTERNAL`; the detail is logged here and never sent to a client.
-/// The error of taking the event lock: a wait past the lock wait
+/// The error of taking a transaction lock: a wait past the lock wait
 /// (SQLSTATE 55P03) is a busy database, to retry; anything else as
 /// [`db_error`].
 fn lock_error(error: DbErr) -> Error {
@@ -187,7 +188,7 @@ impl TokenStore {
         }
         Ok(TokenStore {
             db,
-            event_lock_wait_ms: options.event_lock_wait.as_millis().max(1),
+            lock_wait_ms: options.lock_wait.as_millis().max(1),
             observer: Arc::default(),
         })
     }
@@ -195,6 +196,21 @@ impl TokenStore {
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), Error> {
         Migrator::up(&self.db, None).await.map_err(db_error)
+    }
+
+    /// Keeps the query planner's statistics current. SQLite has none until
+    /// asked, and without them it reads the sweeps' queries with a full
+    /// scan (see `plans`); `PRAGMA optimize` analyzes what needs it, each
+    /// table sampled (bounded time, even at millions of rows). PostgreSQL
+    /// keeps its own (autovacuum): nothing to do.
+    pub async fn optimize(&self) -> Result<(), Error> {
+        if self.db.get_database_backend() == DbBackend::Sqlite {
+            self.db
+                .execute_unprepared("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002")
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
     }
 
     /// Whether the database answers.
@@ -284,13 +300,20 @@ impl TokenStore {
     /// takes a transaction lock first, so that event sequences commit in
     /// order (a watcher at sequence n never later sees n - 1 appear).
     async fn begin_event_write(&self) -> Result<DatabaseTransaction, Error> {
+        self.begin_locked(EVENT_LOCK_KEY).await
+    }
+
+    /// A transaction holding the PostgreSQL transaction lock `key` (on
+    /// SQLite, whose writers are serialized anyway, a plain transaction).
+    /// The wait is bounded by [`StoreOptions::lock_wait`]: a write
+    /// stuck behind a lost holder fails as UNAVAILABLE instead of hanging.
+    pub(super) async fn begin_locked(&self, key: i64) -> Result<DatabaseTransaction, Error> {
         let txn = self.db.begin().await.map_err(db_error)?;
         if txn.get_database_backend() == DbBackend::Postgres {
-            // One round trip; the lock wait is bounded, so a write stuck
-            // behind a lost holder fails as UNAVAILABLE instead of hanging.
+            // One round trip for both statements.
             txn.execute_unprepared(&format!(
-                "SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({EVENT_LOCK_KEY})",
-                self.event_lock_wait_ms
+                "SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({key})",
+                self.lock_wait_ms
             ))
             .await
             .map_err(lock_error)?;
@@ -298,6 +321,9 @@ impl TokenStore {
         Ok(txn)
     }
 }
+
+#[cfg(test)]
+mod plans;
 
 #[cfg(test)]
 mod tests {

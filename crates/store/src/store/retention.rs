@@ -21,6 +21,22 @@ use crate::{
     record::{AuditEntry, TokenRecord},
 };
 
+/// Active tokens within `lead` of their expiry without warning `level` (the
+/// index on `expire_time` bounds the read to tokens expiring within the lead).
+pub(super) fn warnings_due(
+    now: DateTime<Utc>,
+    level: i16,
+    lead: chrono::Duration,
+    limit: u64,
+) -> sea_orm::Select<Entity> {
+    Entity::find()
+        .filter(Column::ExpireTime.gt(now))
+        .filter(Column::ExpireTime.lte(now + lead))
+        .filter(Column::RevokeTime.is_null())
+        .filter(Column::ExpiryWarningLevel.lt(level))
+        .limit(limit)
+}
+
 impl TokenStore {
     /// Tokens (at most `limit`) that reached the lead time `lead` before
     /// their expiry without warning `level` (1-based) announced; each gets
@@ -33,13 +49,7 @@ impl TokenStore {
         limit: u64,
         audit: impl Fn(&TokenRecord) -> AuditEntry,
     ) -> Result<Vec<TokenRecord>, Error> {
-        let due: Vec<TokenRecord> = Entity::find()
-            .filter(Column::RevokeTime.is_null())
-            .filter(Column::ExpireTime.gt(now))
-            .filter(Column::ExpireTime.lte(now + lead))
-            .filter(Column::ExpiryWarningLevel.lt(level))
-            .order_by_asc(Column::Id)
-            .limit(limit)
+        let due: Vec<TokenRecord> = warnings_due(now, level, lead, limit)
             .all(&self.db)
             .await
             .map_err(db_error)?

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr,
     sea_query::{Expr, ExprTrait},
 };
 use tracing::error;
@@ -76,15 +76,7 @@ impl TokenStore {
             expiry_warning_level: Set(0),
             interceptor: Set(token.interceptor),
         };
-        let txn = self.db.begin().await.map_err(db_error)?;
-        if txn.get_database_backend() == DbBackend::Postgres {
-            txn.execute_unprepared(&format!(
-                "SELECT pg_advisory_xact_lock({})",
-                namespace_lock_key(&namespace)
-            ))
-            .await
-            .map_err(db_error)?;
-        }
+        let txn = self.begin_locked(namespace_lock_key(&namespace)).await?;
         let model = match model.insert(&txn).await {
             Ok(model) => model,
             Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
@@ -93,9 +85,14 @@ impl TokenStore {
             Err(error) => return Err(db_error(error)),
         };
         if let Some(quota) = quota {
+            // Counts no further than one past the quota: the check costs at
+            // most `quota + 1` index entries, however many tokens there are.
             let active = Entity::find()
+                .select_only()
+                .column(Column::Id)
                 .filter(Column::Namespace.eq(namespace.as_str()))
                 .filter(state_condition(TokenState::Active, now))
+                .limit(u64::from(quota) + 1)
                 .count(&txn)
                 .await
                 .map_err(db_error)?;
