@@ -79,6 +79,8 @@ pub struct TestServer {
     pub database_url: String,
     /// Requests the server received, by method.
     pub requests: RequestCounter,
+    /// The ext_authz port of its own (`Options::ext_authz` with `listen`).
+    pub ext_authz_addr: Option<SocketAddr>,
     options: Options,
     _dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -105,6 +107,8 @@ pub struct Options {
     pub client: ConnectOptions,
     /// Shared limits (see [`redis_config`]).
     pub redis: Option<apitoken_ratelimit::RedisConfig>,
+    /// Envoy's ext_authz (`--ext-authz-policy`, `--ext-authz-listen`).
+    pub ext_authz: Option<apitoken_server::ext_authz::ExtAuthzConfig>,
 }
 
 /// Limits that tests of other features never reach.
@@ -166,6 +170,7 @@ impl Default for Options {
             transport: TransportConfig::default(),
             client: ConnectOptions::default(),
             redis: None,
+            ext_authz: None,
         }
     }
 }
@@ -248,6 +253,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let requests = app.requests().clone();
+        let ext_authz_addr = app.ext_authz_address();
         let (shutdown, handle) = spawn_app(app, listener);
         let scheme = if options.transport.tls.is_some() {
             "https"
@@ -265,6 +271,7 @@ impl TestServer {
             sqlite_path: (backend == Backend::Sqlite).then(|| dir.path().join("apitoken.db")),
             database_url,
             requests,
+            ext_authz_addr,
             options,
             _dir: dir,
             shutdown: Some(shutdown),
@@ -367,6 +374,7 @@ impl TestServer {
             .await
             .expect("rebind the same address");
         self.requests = app.requests().clone();
+        self.ext_authz_addr = app.ext_authz_address();
         let (shutdown, handle) = spawn_app(app, listener);
         self.shutdown = Some(shutdown);
         self.handle = Some(handle);
@@ -495,6 +503,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.trusted_proxies = options.trusted_proxies.clone();
     config.transport = options.transport.clone();
     config.redis = options.redis.clone();
+    config.ext_authz = options.ext_authz.clone();
     // Retention runs every 10 minutes in production; tests move the clock
     // and want it applied promptly.
     config.policy.retention_interval = Duration::from_millis(100);

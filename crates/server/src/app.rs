@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::{
     auth::{AuthParts, Authenticator},
     events::{EventHub, EventTiming},
+    ext_authz::ExtAuthzService,
     health::{self, HealthChecks, set_health},
     index::{IndexOptions, TokenIndex},
     lifecycle::Lifecycle,
@@ -39,7 +40,6 @@ use crate::{
     namespaces::NamespaceLimits,
     peer::TrustedProxies,
     policy::Policy,
-    ext_authz::ExtAuthzService,
     service::ApiTokenService,
     tls::TlsReloader,
     transport::{self, Connections, TransportConfig, TransportLayer},

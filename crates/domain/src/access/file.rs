@@ -90,11 +90,13 @@ impl AccessPolicy {
         }
         let mut parser = Parser::default();
         for (index, line) in text.lines().enumerate() {
-            parser.line(index + 1, line).map_err(|message| PolicyError {
-                file: file.to_owned(),
-                line: index + 1,
-                message,
-            })?;
+            parser
+                .line(index + 1, line)
+                .map_err(|message| PolicyError {
+                    file: file.to_owned(),
+                    line: index + 1,
+                    message,
+                })?;
         }
         if parser.routes.is_empty() && parser.default.is_none() {
             return Err(whole(
@@ -241,16 +243,15 @@ impl Parser {
                 }
             }
         }
-        let namespace = namespace_option
-            .or_else(|| self.namespace.clone())
-            .ok_or(
-                "no namespace for this rule: add `namespace=ID`, or a `namespace ID` line above",
-            )?;
+        let namespace = namespace_option.or_else(|| self.namespace.clone()).ok_or(
+            "no namespace for this rule: add `namespace=ID`, or a `namespace ID` line above",
+        )?;
         Ok(Route::Protected { role, namespace })
     }
 
     fn rule(&mut self, number: usize, pattern: &str, route: Route) -> Result<(), String> {
-        let pattern = Pattern::parse(pattern).map_err(|why| format!("`{}`: {why}", short(pattern)))?;
+        let pattern =
+            Pattern::parse(pattern).map_err(|why| format!("`{}`: {why}", short(pattern)))?;
         if let Some(first) = self.lines.get(&pattern) {
             return Err(format!("`{pattern}` is already given on line {first}"));
         }
@@ -264,22 +265,29 @@ impl Parser {
 }
 
 fn namespace(id: &str) -> Result<Namespace, String> {
-    Namespace::new("namespace", id)
-        .map_err(|_| format!("`{}` is not a namespace id (3 to 50 of a-z, 0-9, `-`, starting with a letter)", short(id)))
+    Namespace::new("namespace", id).map_err(|_| {
+        format!(
+            "`{}` is not a namespace id (3 to 50 of a-z, 0-9, `-`, starting with a letter)",
+            short(id)
+        )
+    })
 }
 
 fn header_name(name: &str) -> Result<String, String> {
     let valid = (1..=MAX_HEADER_NAME).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        });
     if !valid {
         return Err(format!(
             "`{}` is not a header name: 1 to {MAX_HEADER_NAME} of a-z, 0-9, `-`, `_`, `.` (lowercase)",
             short(name)
         ));
     }
-    if RESERVED_HEADERS.contains(&name) || name.starts_with("x-ratelimit-") || name.starts_with("grpc-") {
+    if RESERVED_HEADERS.contains(&name)
+        || name.starts_with("x-ratelimit-")
+        || name.starts_with("grpc-")
+    {
         return Err(format!("`{name}` is reserved: choose another header name"));
     }
     Ok(name.to_owned())
@@ -317,10 +325,22 @@ strip-authorization yes
     #[test]
     fn the_documented_example_parses() {
         let policy = AccessPolicy::parse("policy.txt", EXAMPLE).expect("parses");
-        assert_eq!(policy.route("/shop.v1.Shop/List"), &protected(Role::Viewer, "shop"));
-        assert_eq!(policy.route("/shop.v1.Shop/Delete"), &protected(Role::Owner, "shop"));
-        assert_eq!(policy.route("/api/orders/7/items"), &protected(Role::Editor, "shop"));
-        assert_eq!(policy.route("/api/admin/users"), &protected(Role::Owner, "platform"));
+        assert_eq!(
+            policy.route("/shop.v1.Shop/List"),
+            &protected(Role::Viewer, "shop")
+        );
+        assert_eq!(
+            policy.route("/shop.v1.Shop/Delete"),
+            &protected(Role::Owner, "shop")
+        );
+        assert_eq!(
+            policy.route("/api/orders/7/items"),
+            &protected(Role::Editor, "shop")
+        );
+        assert_eq!(
+            policy.route("/api/admin/users"),
+            &protected(Role::Owner, "platform")
+        );
         assert_eq!(policy.route("/healthz"), &Route::Public);
         assert_eq!(policy.route("/elsewhere"), &Route::Deny);
         assert_eq!(policy.headers().name, "x-caller");
@@ -332,22 +352,44 @@ strip-authorization yes
     #[test]
     fn errors_name_file_line_and_problem() {
         for (text, line, why) in [
-            ("namespace shop\nrequire /a/* admin\n", 2, "`admin` is not a role"),
+            (
+                "namespace shop\nrequire /a/* admin\n",
+                2,
+                "`admin` is not a role",
+            ),
             ("require /a/* viewer\n", 1, "no namespace for this rule"),
             ("namespace Shop\n", 1, "not a namespace id"),
-            ("namespace shop\npublic /a\npublic /a\n", 3, "already given on line 2"),
+            (
+                "namespace shop\npublic /a\npublic /a\n",
+                3,
+                "already given on line 2",
+            ),
             ("namespace shop\nrequire a/* viewer\n", 2, "starts with `/`"),
             ("namespace shop\nallow /a\n", 2, "unknown directive `allow`"),
-            ("namespace shop\nheader name Authorization\n", 2, "not a header name"),
+            (
+                "namespace shop\nheader name Authorization\n",
+                2,
+                "not a header name",
+            ),
             ("namespace shop\nheader name authorization\n", 2, "reserved"),
-            ("default deny\ndefault public\n", 2, "already given on line 1"),
-            ("namespace shop\nrequire /a viewer tenant=x\n", 2, "not an option"),
+            (
+                "default deny\ndefault public\n",
+                2,
+                "already given on line 1",
+            ),
+            (
+                "namespace shop\nrequire /a viewer tenant=x\n",
+                2,
+                "not an option",
+            ),
         ] {
             let error = AccessPolicy::parse("/etc/apitoken/policy", text).expect_err(text);
             assert_eq!(error.line, line, "{text}: {error}");
             assert!(error.message.contains(why), "{text}: {error}");
             assert!(
-                error.to_string().starts_with(&format!("/etc/apitoken/policy:{line}: ")),
+                error
+                    .to_string()
+                    .starts_with(&format!("/etc/apitoken/policy:{line}: ")),
                 "{error}"
             );
         }

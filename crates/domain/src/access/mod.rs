@@ -53,9 +53,7 @@ impl Route {
     pub fn authorize(&self, principal: &Principal) -> Result<(), Error> {
         match self {
             Route::Public => Ok(()),
-            Route::Protected { role, namespace } => {
-                principal.authorize(namespace.as_str(), *role)
-            }
+            Route::Protected { role, namespace } => principal.authorize(namespace.as_str(), *role),
             Route::Deny => Err(route_not_allowed()),
         }
     }

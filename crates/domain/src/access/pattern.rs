@@ -49,7 +49,10 @@ impl Pattern {
     /// final `/*` or a final `**`.
     pub fn parse(text: &str) -> Result<Pattern, String> {
         if !text.starts_with('/') {
-            return Err("a pattern starts with `/` (e.g. `/pkg.Svc/Method`, `/pkg.Svc/*`, `/api/**`)".to_owned());
+            return Err(
+                "a pattern starts with `/` (e.g. `/pkg.Svc/Method`, `/pkg.Svc/*`, `/api/**`)"
+                    .to_owned(),
+            );
         }
         if text.len() > MAX_PATTERN_LEN {
             return Err(format!("a pattern is at most {MAX_PATTERN_LEN} bytes"));
@@ -200,7 +203,10 @@ mod tests {
     #[test]
     fn later_patterns_replace_earlier_ones() {
         let mut table = table(&[("/a/**", 1)]);
-        assert_eq!(table.insert(Pattern::parse("/a/**").expect("ok"), 2), Some(1));
+        assert_eq!(
+            table.insert(Pattern::parse("/a/**").expect("ok"), 2),
+            Some(1)
+        );
         assert_eq!(table.lookup("/a/b"), Some(&2));
         assert_eq!(table.len(), 1);
     }

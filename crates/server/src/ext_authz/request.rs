@@ -31,7 +31,12 @@ pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 pub const MAX_HEADERS: usize = 256;
 
 /// Headers copied to the stand-in request, for audit and the client address.
-const CONTEXT_HEADERS: [&str; 4] = ["user-agent", "x-request-id", "traceparent", "x-forwarded-for"];
+const CONTEXT_HEADERS: [&str; 4] = [
+    "user-agent",
+    "x-request-id",
+    "traceparent",
+    "x-forwarded-for",
+];
 
 /// The parts of a `CheckRequest` that `Check` decides on.
 #[derive(Debug)]
@@ -62,11 +67,8 @@ impl<'a> Attributes<'a> {
                     "is required (apitoken answers Envoy's HTTP ext_authz filter)",
                 )
             })?;
-        let header_count = http.headers.len()
-            + http
-                .header_map
-                .as_ref()
-                .map_or(0, |map| map.headers.len());
+        let header_count =
+            http.headers.len() + http.header_map.as_ref().map_or(0, |map| map.headers.len());
         if header_count > MAX_HEADERS {
             return Err(Error::invalid(
                 "attributes.request.http.headers",
@@ -172,7 +174,9 @@ fn normalized_path(target: &str) -> Result<&str, Error> {
             .windows(needle.len())
             .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
     };
-    let dot_segment = path.split('/').any(|segment| segment == "." || segment == "..");
+    let dot_segment = path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..");
     if !path.bytes().all(|b| b.is_ascii_graphic())
         || path.contains('\\')
         || path.contains("//")
@@ -216,8 +220,14 @@ mod tests {
 
     #[test]
     fn paths_must_be_normalized() {
-        assert_eq!(normalized_path("/api/orders?id=1").ok(), Some("/api/orders"));
-        assert_eq!(normalized_path("/pkg.Svc/Method").ok(), Some("/pkg.Svc/Method"));
+        assert_eq!(
+            normalized_path("/api/orders?id=1").ok(),
+            Some("/api/orders")
+        );
+        assert_eq!(
+            normalized_path("/pkg.Svc/Method").ok(),
+            Some("/pkg.Svc/Method")
+        );
         assert_eq!(normalized_path("/a#frag").ok(), Some("/a"));
         for bad in [
             "",

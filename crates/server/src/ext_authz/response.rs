@@ -17,11 +17,13 @@ use apitoken_domain::{Principal, ratelimit::Decision};
 use base64::Engine as _;
 use envoy_types::pb::{
     envoy::{
-        config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction},
-        r#type::v3::HttpStatus,
+        config::core::v3::{
+            HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+        },
         service::auth::v3::{
             CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
         },
+        r#type::v3::HttpStatus,
     },
     google::{protobuf::BoolValue, rpc},
 };
@@ -211,7 +213,9 @@ fn json_body(status: &Status) -> Value {
     if let Some(info) = details.error_info() {
         listed.push(typed(
             "ErrorInfo",
-            object(json!({"reason": info.reason, "domain": info.domain, "metadata": info.metadata})),
+            object(
+                json!({"reason": info.reason, "domain": info.domain, "metadata": info.metadata}),
+            ),
         ));
     }
     if let Some(quota) = details.quota_failure() {
@@ -220,7 +224,10 @@ fn json_body(status: &Status) -> Value {
             .iter()
             .map(|v| json!({"subject": v.subject, "description": v.description}))
             .collect();
-        listed.push(typed("QuotaFailure", object(json!({"violations": violations}))));
+        listed.push(typed(
+            "QuotaFailure",
+            object(json!({"violations": violations})),
+        ));
     }
     if let Some(retry) = details.retry_info()
         && let Some(delay) = retry.retry_delay
@@ -234,7 +241,10 @@ fn json_body(status: &Status) -> Value {
             .iter()
             .map(|v| json!({"field": v.field, "description": v.description}))
             .collect();
-        listed.push(typed("BadRequest", object(json!({"fieldViolations": violations}))));
+        listed.push(typed(
+            "BadRequest",
+            object(json!({"fieldViolations": violations})),
+        ));
     }
     json!({
         "error": {
