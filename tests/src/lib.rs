@@ -46,6 +46,7 @@ pub use apitoken_proto::v1;
 /// The server's TLS files and transport settings, for [`Options::transport`].
 pub use apitoken_server::{tls::TlsFiles, transport::TransportConfig};
 
+pub mod envoy;
 pub mod pki;
 pub mod services;
 

@@ -7,27 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::{collections::HashMap, net::SocketAddr, process::Command};
+use std::process::Command;
 
 use apitoken_domain::{Role, ratelimit::RateLimit};
 use apitoken_server::{App, AppConfig, ext_authz::ExtAuthzConfig, limits::Limits};
 use apitoken_tests::{
     Backend, NAMESPACE, OTHER_NAMESPACE, Options, TestServer, authed,
+    envoy::{bearer, check, check_on, denied, envoy_request, headers, ok, refusal},
     v1::{self, ApiToken, ListAuditEventsRequest, VerifyApiTokenRequest, audit_event::Action},
 };
 use base64::Engine as _;
-use envoy_types::pb::{
-    envoy::{
-        config::core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier},
-        service::auth::v3::{
-            AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-            attribute_context::{HttpRequest, Peer, Request as AttrRequest},
-            authorization_client::AuthorizationClient,
-            check_response::HttpResponse,
-        },
-    },
-    google::rpc,
-};
+use envoy_types::pb::google::rpc;
 use prost::Message as _;
 use tonic::Code;
 
@@ -90,128 +80,6 @@ async fn server(
 }
 
 /// A request as Envoy's HTTP filter sends it.
-fn envoy_request(
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    source: &str,
-    grpc: bool,
-) -> CheckRequest {
-    let mut map: HashMap<String, String> = headers
-        .iter()
-        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-        .collect();
-    map.insert(":method".into(), method.into());
-    map.insert(":path".into(), path.into());
-    map.insert(":authority".into(), "shop.internal".into());
-    map.insert("user-agent".into(), "ext-authz-test/1".into());
-    if grpc {
-        map.insert("content-type".into(), "application/grpc".into());
-        map.insert("te".into(), "trailers".into());
-    }
-    let address = |ip: &str, port: u32| Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.into(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(address(source, 51_234)),
-                ..Default::default()
-            }),
-            destination: Some(Peer {
-                address: Some(address("10.0.0.9", 8080)),
-                ..Default::default()
-            }),
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    id: "envoy-req-1".into(),
-                    method: method.into(),
-                    headers: map,
-                    path: path.into(),
-                    host: "shop.internal".into(),
-                    scheme: "http".into(),
-                    protocol: if grpc { "HTTP/2" } else { "HTTP/1.1" }.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-async fn check_on(addr: SocketAddr, request: CheckRequest) -> CheckResponse {
-    AuthorizationClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
-        .check(request)
-        .await
-        .expect("check answers")
-        .into_inner()
-}
-
-async fn check(server: &TestServer, request: CheckRequest) -> CheckResponse {
-    check_on(server.ext_authz_addr.expect("ext_authz port"), request).await
-}
-
-fn bearer(secret: &str) -> String {
-    format!("Bearer {secret}")
-}
-
-fn ok(response: &CheckResponse) -> &OkHttpResponse {
-    assert_eq!(
-        response.status.as_ref().map(|s| s.code),
-        Some(0),
-        "{response:?}"
-    );
-    match &response.http_response {
-        Some(HttpResponse::OkResponse(ok)) => ok,
-        other => panic!("not allowed: {other:?}"),
-    }
-}
-
-fn denied(response: &CheckResponse) -> &DeniedHttpResponse {
-    match &response.http_response {
-        Some(HttpResponse::DeniedResponse(denied)) => denied,
-        other => panic!("not denied: {other:?}"),
-    }
-}
-
-fn headers(
-    list: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption],
-) -> HashMap<String, String> {
-    list.iter()
-        .filter_map(|option| option.header.as_ref())
-        .map(|header| (header.key.clone(), header.value.clone()))
-        .collect()
-}
-
-/// The HTTP status, the body's `ErrorInfo` reason (if any) and the
-/// `CheckResponse.status` code of a denial.
-fn refusal(response: &CheckResponse) -> (i32, Option<String>, i32) {
-    let denied = denied(response);
-    let body: serde_json::Value = serde_json::from_str(&denied.body).expect("json body");
-    let reason = body["error"]["details"]
-        .as_array()
-        .expect("details")
-        .iter()
-        .find(|detail| detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
-        .map(|info| info["reason"].as_str().expect("reason").to_owned());
-    assert_eq!(
-        body["error"]["code"],
-        denied.status.as_ref().expect("http status").code
-    );
-    (
-        denied.status.as_ref().expect("http status").code,
-        reason,
-        response.status.as_ref().expect("status").code,
-    )
-}
-
 async fn allows_with_upstream_and_rate_limit_headers(backend: Backend) {
     let Some((server, _dir)) = server(backend, POLICY, Limits::default(), "").await else {
         return;
@@ -309,102 +177,62 @@ async fn refuses_as_the_interceptor_would(backend: Backend) {
             .collect();
         envoy_request("GET", path, &headers, "192.0.2.10", false)
     };
-    let cases: Vec<(CheckRequest, i32, Option<&str>, Code)> = vec![
+    let (revoked_auth, viewer_auth) = (bearer(&revoked), bearer(&viewer));
+    let (team_b_auth, owner_auth) = (bearer(&team_b), bearer(&server.owner));
+    let cases: [(&str, Option<&str>, i32, &str); 12] = [
+        ("/api/orders/1", None, 401, "TOKEN_MISSING"),
         (
-            at("/api/orders/1", None),
+            "/api/orders/1",
+            Some("Bearer not-a-token"),
             401,
-            Some("TOKEN_MISSING"),
-            Code::Unauthenticated,
+            "TOKEN_MALFORMED",
         ),
         (
-            at("/api/orders/1", Some("Bearer not-a-token")),
+            "/api/orders/1",
+            Some("Basic dXNlcjpwYXNz"),
             401,
-            Some("TOKEN_MALFORMED"),
-            Code::Unauthenticated,
+            "TOKEN_MALFORMED",
         ),
+        ("/api/orders/1", Some(&revoked_auth), 401, "TOKEN_REVOKED"),
+        ("/api/orders/1", Some(&viewer_auth), 403, "ROLE_TOO_LOW"),
         (
-            at("/api/orders/1", Some("Basic dXNlcjpwYXNz")),
-            401,
-            Some("TOKEN_MALFORMED"),
-            Code::Unauthenticated,
-        ),
-        (
-            at("/api/orders/1", Some(&bearer(&revoked))),
-            401,
-            Some("TOKEN_REVOKED"),
-            Code::Unauthenticated,
-        ),
-        (
-            at("/api/orders/1", Some(&bearer(&viewer))),
+            "/api/orders/1",
+            Some(&team_b_auth),
             403,
-            Some("ROLE_TOO_LOW"),
-            Code::PermissionDenied,
+            "NAMESPACE_MISMATCH",
         ),
+        ("/shop.v1.Shop/Delete", Some(&owner_auth), 200, ""),
         (
-            at("/api/orders/1", Some(&bearer(&team_b))),
+            "/shop.v1.Shop/Delete",
+            Some(&viewer_auth),
             403,
-            Some("NAMESPACE_MISMATCH"),
-            Code::PermissionDenied,
+            "ROLE_TOO_LOW",
         ),
+        ("/api/b/things", Some(&team_b_auth), 200, ""),
         (
-            at("/shop.v1.Shop/Delete", Some(&bearer(&server.owner))),
-            200,
-            None,
-            Code::Ok,
-        ),
-        (
-            at("/shop.v1.Shop/Delete", Some(&bearer(&viewer))),
+            "/api/b/things",
+            Some(&viewer_auth),
             403,
-            Some("ROLE_TOO_LOW"),
-            Code::PermissionDenied,
+            "NAMESPACE_MISMATCH",
         ),
-        (
-            at("/api/b/things", Some(&bearer(&team_b))),
-            200,
-            None,
-            Code::Ok,
-        ),
-        (
-            at("/api/b/things", Some(&bearer(&viewer))),
-            403,
-            Some("NAMESPACE_MISMATCH"),
-            Code::PermissionDenied,
-        ),
-        (
-            at("/admin", Some(&bearer(&server.owner))),
-            403,
-            Some("ROUTE_NOT_ALLOWED"),
-            Code::PermissionDenied,
-        ),
-        (
-            at("/healthz/../api/orders/1", None),
-            400,
-            None,
-            Code::InvalidArgument,
-        ),
+        ("/admin", Some(&owner_auth), 403, "ROUTE_NOT_ALLOWED"),
+        ("/healthz/../api/orders/1", None, 400, ""),
     ];
-    for (request, http, reason, code) in cases {
-        let path = request
-            .attributes
-            .as_ref()
-            .unwrap()
-            .request
-            .as_ref()
-            .unwrap()
-            .http
-            .as_ref()
-            .unwrap()
-            .path
-            .clone();
-        let response = check(&server, request).await;
+    for (path, authorization, http, reason) in cases {
+        let response = check(&server, at(path, authorization)).await;
         if http == 200 {
             ok(&response);
             continue;
         }
+        let code = match http {
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            _ => Code::InvalidArgument,
+        };
         let (got_http, got_reason, got_code) = refusal(&response);
         assert_eq!(
-            (got_http, got_reason.as_deref(), got_code),
-            (http, reason, code as i32),
+            (got_http, got_reason.unwrap_or_default(), got_code),
+            (http, reason.to_owned(), code as i32),
             "{path}"
         );
     }

@@ -122,7 +122,7 @@ impl ExtAuthzService {
             return deny(error);
         }
         let admitted = self.auth.admit(&authenticated.view).await;
-        let decision = RATE_DECISION.with(Cell::get);
+        let decision = RATE_DECISION.try_with(Cell::get).ok().flatten();
         match admitted {
             Ok(()) => response::allowed(&self.policy, Some(&principal), decision.as_ref()),
             Err(error) => response::denied(&Status::from(error), grpc, decision.as_ref()),
