@@ -174,7 +174,8 @@ impl AuthBuilder {
         self
     }
 
-    /// `pattern` (`/pkg.Service/Method` or `/pkg.Service/*`) needs `role`.
+    /// `pattern` (`/pkg.Service/Method`, `/pkg.Service/*`, or a prefix
+    /// `/pkg.**`; see [`MethodPolicy`]) needs `role`.
     pub fn require(mut self, pattern: &str, role: Role) -> Self {
         self.policy.set(pattern, Requirement::Role(role));
         self
