@@ -219,6 +219,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn raw_header_maps_are_read_too() {
+        use envoy_types::pb::envoy::{
+            config::core::v3::{HeaderMap, HeaderValue},
+            service::auth::v3::attribute_context::Request as AttrRequest,
+        };
+        let raw = |key: &str, value: &str| HeaderValue {
+            key: key.to_owned(),
+            value: String::new(),
+            raw_value: value.as_bytes().to_vec(),
+        };
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttrRequest {
+                    http: Some(HttpRequest {
+                        path: "/pkg.Svc/Get".to_owned(),
+                        header_map: Some(HeaderMap {
+                            headers: vec![
+                                raw("authorization", "Bearer x"),
+                                raw("content-type", "application/grpc+proto"),
+                            ],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let attributes = Attributes::of(&request).expect("valid");
+        assert_eq!(
+            attributes.header("authorization").ok().flatten(),
+            Some("Bearer x")
+        );
+        assert!(attributes.grpc);
+        assert_eq!(attributes.header("user-agent").ok().flatten(), None);
+        assert!(Attributes::of(&CheckRequest::default()).is_err());
+    }
+
+    #[test]
     fn paths_must_be_normalized() {
         assert_eq!(
             normalized_path("/api/orders?id=1").ok(),
