@@ -50,6 +50,7 @@ ext_authz_tests!(
     public_routes_need_no_token_and_drop_forged_identities,
     usage_and_audit_follow_the_trusted_client_address,
     reflection_and_grpcurl_see_check,
+    without_a_policy_check_is_not_served,
 );
 
 /// A server with `POLICY` (or `policy`), `limits`, trusted `proxies`, and
@@ -666,6 +667,22 @@ async fn reflection_and_grpcurl_see_check(backend: Backend) {
         stdout.contains("namespaces/team-a/apitokens/bootstrap-owner"),
         "{stdout}"
     );
+}
+
+async fn without_a_policy_check_is_not_served(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    assert_eq!(server.ext_authz_addr, None);
+    let request = envoy_request("GET", "/api/orders/1", &[], "192.0.2.10", false);
+    let status =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            server.channel().await,
+        )
+        .check(request)
+        .await
+        .expect_err("not served");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
 }
 
 /// A bad policy file stops the start, naming the file, the line and the
