@@ -110,6 +110,8 @@ pub struct Options {
     pub redis: Option<apitoken_ratelimit::RedisConfig>,
     /// Envoy's ext_authz (`--ext-authz-policy`, `--ext-authz-listen`).
     pub ext_authz: Option<apitoken_server::ext_authz::ExtAuthzConfig>,
+    /// [`apitoken_store::StoreOptions::event_lock_wait`].
+    pub event_lock_wait: Duration,
 }
 
 /// Limits that tests of other features never reach.
@@ -172,6 +174,7 @@ impl Default for Options {
             client: ConnectOptions::default(),
             redis: None,
             ext_authz: None,
+            event_lock_wait: apitoken_store::StoreOptions::default().event_lock_wait,
         }
     }
 }
@@ -505,6 +508,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.transport = options.transport.clone();
     config.redis = options.redis.clone();
     config.ext_authz = options.ext_authz.clone();
+    config.store.event_lock_wait = options.event_lock_wait;
     // Retention runs every 10 minutes in production; tests move the clock
     // and want it applied promptly.
     config.policy.retention_interval = Duration::from_millis(100);
@@ -574,7 +578,19 @@ pub fn in_seconds(server: &TestServer, seconds: i64) -> prost_types::Timestamp {
     apitoken_server::convert::timestamp(server.clock.now() + chrono::Duration::seconds(seconds))
 }
 
-/// Runs each listed `async fn(TestServer)` on SQLite and on PostgreSQL.
+/// How long one backend test may take before it fails as hung.
+pub const TEST_TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `test`, failing (naming it) if it outlasts [`TEST_TIME_LIMIT`]: a
+/// wait that never ends fails the one test instead of stalling the suite.
+pub async fn bounded(name: &str, test: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(TEST_TIME_LIMIT, test).await.is_err() {
+        panic!("{name} did not finish within {TEST_TIME_LIMIT:?}: something waits forever");
+    }
+}
+
+/// Runs each listed `async fn(TestServer)` on SQLite and on PostgreSQL,
+/// each within [`TEST_TIME_LIMIT`].
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -583,7 +599,7 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if let Some(server) = $crate::TestServer::start($crate::Backend::Sqlite).await {
-                        super::$name(server).await;
+                        $crate::bounded(stringify!($name), super::$name(server)).await;
                     }
                 }
             )*
@@ -597,7 +613,7 @@ macro_rules! backend_tests {
                 )]
                 async fn $name() {
                     if let Some(server) = $crate::TestServer::start($crate::Backend::Postgres).await {
-                        super::$name(server).await;
+                        $crate::bounded(stringify!($name), super::$name(server)).await;
                     }
                 }
             )*
@@ -704,7 +720,7 @@ macro_rules! postgres_tests {
                 )]
                 async fn $name() {
                     if let Some(server) = $crate::TestServer::start($crate::Backend::Postgres).await {
-                        super::$name(server).await;
+                        $crate::bounded(stringify!($name), super::$name(server)).await;
                     }
                 }
             )*

@@ -50,6 +50,17 @@ async fn watch(
         .into_inner()
 }
 
+/// The stream's first message (its heartbeat), within 5 s.
+async fn first_message(
+    stream: &mut Streaming<WatchApiTokenEventsResponse>,
+) -> WatchApiTokenEventsResponse {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a first message within 5 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
 /// Reads messages until `count` events arrived (heartbeats skipped).
 /// The next `count` events that may invalidate a cache (creations, which
 /// the log streams too, are left out).
@@ -91,7 +102,7 @@ async fn events_arrive_in_order(server: TestServer) {
     server.create("bee", Role::Editor).await;
     server.create("cee", Role::Editor).await;
     let mut stream = watch(&server, &server.owner, 0).await;
-    let first = stream.message().await.expect("ok").expect("open");
+    let first = first_message(&mut stream).await;
     assert!(
         first.events.is_empty(),
         "the stream opens at the end of the log"
@@ -169,7 +180,7 @@ async fn resuming_from_a_cursor_misses_nothing(server: TestServer) {
         server.create(id, Role::Viewer).await;
     }
     let mut stream = watch(&server, &server.owner, 0).await;
-    stream.message().await.expect("ok").expect("open");
+    first_message(&mut stream).await;
     revoke(&server, "one").await;
     let first = events(&mut stream, 1).await;
     let cursor = first[0].sequence;
@@ -220,7 +231,7 @@ async fn bad_cursors_and_foreign_namespaces_are_refused(server: TestServer) {
 
 async fn expiry_is_announced_exactly_once(server: TestServer) {
     let mut stream = watch(&server, &server.owner, 0).await;
-    stream.message().await.expect("ok").expect("open");
+    first_message(&mut stream).await;
     let mut client = server.client().await;
     client
         .create_api_token(authed(
@@ -264,7 +275,7 @@ async fn expiry_is_announced_exactly_once(server: TestServer) {
 async fn stream_ends_when_the_watcher_is_revoked(server: TestServer) {
     let (_, watcher) = server.create("watcher", Role::Viewer).await;
     let mut stream = watch(&server, &watcher, 0).await;
-    stream.message().await.expect("ok").expect("open");
+    first_message(&mut stream).await;
     revoke(&server, "watcher").await;
     let status = loop {
         match tokio::time::timeout(Duration::from_secs(5), stream.message())
@@ -355,7 +366,7 @@ async fn pruned_cursors_are_out_of_range(server: TestServer) {
     // An event before the watcher starts, so its cursor is not 0 ("the end").
     revoke(&server, "older-news").await;
     let mut stream = watch(&server, &server.owner, 0).await;
-    let start = stream.message().await.expect("ok").expect("open").sequence;
+    let start = first_message(&mut stream).await.sequence;
     assert!(start > 0);
     revoke(&server, "old-news").await;
     let revoked = events(&mut stream, 1).await[0].sequence;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use apitoken_domain::Role;
 use apitoken_tests::{
     Backend, NAMESPACE, Options, TestServer, authed, backend_tests,
-    v1::{GetApiTokenRequest, VerifyApiTokenRequest},
+    v1::{GetApiTokenRequest, RevokeApiTokenRequest, VerifyApiTokenRequest},
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -211,6 +211,80 @@ async fn usage_is_counted_and_flushed(server: TestServer) {
         .expect("stored");
     assert_eq!(record.use_count, 4);
     assert!(record.last_use_time.is_some());
+}
+
+/// PostgreSQL only: a write that cannot get the event lock (held by a
+/// session that never lets go) fails as UNAVAILABLE after the configured
+/// wait instead of hanging, and succeeds once the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_event_lock_fails_writes_in_time_instead_of_hanging() {
+    let Some(server) = TestServer::start_with(
+        Backend::Postgres,
+        Options {
+            event_lock_wait: Duration::from_millis(300),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (_, secret) = server.create("held", Role::Viewer).await;
+    let holder = sea_orm::Database::connect(server.database_url.as_str())
+        .await
+        .expect("connect");
+    let txn = sea_orm::TransactionTrait::begin(&holder)
+        .await
+        .expect("begin");
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &txn,
+        &format!(
+            "SELECT pg_advisory_xact_lock({})",
+            apitoken_store::EVENT_LOCK_KEY
+        ),
+    )
+    .await
+    .expect("lock");
+    let revoke = || async {
+        server
+            .client()
+            .await
+            .revoke_api_token(authed(
+                &server.owner,
+                RevokeApiTokenRequest {
+                    name: format!("namespaces/{NAMESPACE}/apitokens/held"),
+                },
+            ))
+            .await
+    };
+    let started = std::time::Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(5), revoke())
+        .await
+        .expect("answered, not hung")
+        .expect_err("refused while the lock is held");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    // Nothing half-written: the token still verifies.
+    let verified = server
+        .client()
+        .await
+        .verify_api_token(VerifyApiTokenRequest {
+            secret: secret.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verified.api_token.is_some(), "still active");
+    txn.rollback().await.expect("release");
+    tokio::time::timeout(Duration::from_secs(5), revoke())
+        .await
+        .expect("answered")
+        .expect("revoked once the lock is free");
 }
 
 /// PostgreSQL only: dropping the database under the server turns health to

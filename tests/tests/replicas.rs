@@ -369,7 +369,11 @@ async fn event_streams_of_one_replica_carry_the_others_changes(server: TestServe
         .await
         .expect("watch")
         .into_inner();
-    stream.message().await.expect("ok").expect("open");
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a first message within 5 s")
+        .expect("ok")
+        .expect("open");
     let started = Instant::now();
     server
         .client()

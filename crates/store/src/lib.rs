@@ -26,6 +26,6 @@ pub use record::{
     TokenRecord, UsageReport,
 };
 pub use store::{
-    Change, ChangeObserver, DB_ERRORS, EVENT_CHANNEL, PoolStats, StoreOptions, TokenStore,
-    auth_rows::AuthRow, events::EventListener,
+    Change, ChangeObserver, DB_ERRORS, EVENT_CHANNEL, EVENT_LOCK_KEY, PoolStats, StoreOptions,
+    TokenStore, auth_rows::AuthRow, events::EventListener,
 };

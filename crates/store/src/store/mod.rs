@@ -29,8 +29,9 @@ use tracing::{error, warn};
 
 use crate::record::TokenRecord;
 
-/// Key of the PostgreSQL transaction lock that orders event sequences.
-pub(super) const EVENT_LOCK_KEY: i64 = 0x6170_6974_6f6b;
+/// Key of the PostgreSQL transaction lock that orders event sequences
+/// (`pg_advisory_xact_lock`), held by every write that appends an event.
+pub const EVENT_LOCK_KEY: i64 = 0x6170_6974_6f6b;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long to wait for a connection (also the connect timeout).
     pub acquire_timeout: Duration,
+    /// Longest wait for the lock that orders event sequences (PostgreSQL)
+    /// before a write fails as UNAVAILABLE.
+    pub event_lock_wait: Duration,
 }
 
 impl Default for StoreOptions {
@@ -46,6 +50,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            event_lock_wait: Duration::from_secs(10),
         }
     }
 }
@@ -54,6 +59,8 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     db: DatabaseConnection,
+    /// [`StoreOptions::event_lock_wait`], in whole milliseconds (at least 1).
+    event_lock_wait_ms: u128,
     /// Told of every token this process changes, after the commit and
     /// before the write returns (see [`TokenStore::observe`]).
     observer: Arc<OnceLock<Arc<dyn ChangeObserver>>>,
@@ -105,6 +112,18 @@ pub struct PoolStats {
 
 /// Maps a database error: connection trouble is `UNAVAILABLE` (retry), the
 /// rest `INTERNAL`; the detail is logged here and never sent to a client.
+/// The error of taking the event lock: a wait past the lock wait
+/// (SQLSTATE 55P03) is a busy database, to retry; anything else as
+/// [`db_error`].
+fn lock_error(error: DbErr) -> Error {
+    if error.to_string().contains("lock timeout") || error.to_string().contains("55P03") {
+        metrics::counter!(DB_ERRORS, "kind" => "unavailable").increment(1);
+        warn!(error = %error, "event lock not available in time");
+        return Error::Unavailable("database busy, retry later".to_owned());
+    }
+    db_error(error)
+}
+
 pub(super) fn db_error(error: DbErr) -> Error {
     match error {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
@@ -168,6 +187,7 @@ impl TokenStore {
         }
         Ok(TokenStore {
             db,
+            event_lock_wait_ms: options.event_lock_wait.as_millis().max(1),
             observer: Arc::default(),
         })
     }
@@ -266,9 +286,14 @@ impl TokenStore {
     async fn begin_event_write(&self) -> Result<DatabaseTransaction, Error> {
         let txn = self.db.begin().await.map_err(db_error)?;
         if txn.get_database_backend() == DbBackend::Postgres {
-            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({EVENT_LOCK_KEY})"))
-                .await
-                .map_err(db_error)?;
+            // One round trip; the lock wait is bounded, so a write stuck
+            // behind a lost holder fails as UNAVAILABLE instead of hanging.
+            txn.execute_unprepared(&format!(
+                "SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({EVENT_LOCK_KEY})",
+                self.event_lock_wait_ms
+            ))
+            .await
+            .map_err(lock_error)?;
         }
         Ok(txn)
     }
