@@ -28,6 +28,8 @@ require /shop.v1.Shop/*         viewer
 require /shop.v1.Shop/Delete    owner
 require /api/orders/**          editor
 require /api/b/**               viewer  namespace=team-b
+require /api/items/**           editor
+require /api/items/**           viewer  methods=GET,HEAD
 public  /healthz
 header  name  x-caller
 ";
@@ -180,7 +182,8 @@ async fn refuses_as_the_interceptor_would(backend: Backend) {
     };
     let (revoked_auth, viewer_auth) = (bearer(&revoked), bearer(&viewer));
     let (team_b_auth, owner_auth) = (bearer(&team_b), bearer(&server.owner));
-    let cases: [(&str, Option<&str>, i32, &str); 12] = [
+    let cases: [(&str, Option<&str>, i32, &str); 13] = [
+        ("/api/items/1", Some(&viewer_auth), 200, ""),
         ("/api/orders/1", None, 401, "TOKEN_MISSING"),
         (
             "/api/orders/1",
@@ -237,6 +240,17 @@ async fn refuses_as_the_interceptor_would(backend: Backend) {
             "{path}"
         );
     }
+
+    // The method chooses among a path's rules: a viewer may read, not write.
+    let post = envoy_request(
+        "POST",
+        "/api/items/1",
+        &[("authorization", &viewer_auth)],
+        "192.0.2.10",
+        false,
+    );
+    let (http, reason, _) = refusal(&check(&server, post).await);
+    assert_eq!((http, reason.as_deref()), (403, Some("ROLE_TOO_LOW")));
 
     // The 401 says how to authenticate; the status is the API's own.
     let response = check(&server, at("/api/orders/1", Some(&bearer(&revoked)))).await;

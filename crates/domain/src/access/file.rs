@@ -6,6 +6,7 @@
 //! require /shop.v1.Shop/*         viewer
 //! require /shop.v1.Shop/Delete    owner
 //! require /api/orders/**          editor
+//! require /api/orders/**          viewer  methods=GET,HEAD
 //! require /api/admin/**           owner   namespace=platform
 //! public  /healthz
 //! public  /grpc.health.v1.Health/*
@@ -17,14 +18,17 @@
 //! strip-authorization yes         # remove the bearer token before the upstream
 //! ```
 //!
-//! Patterns and their precedence are [`super::pattern`]'s. Every problem is
+//! Patterns and their precedence are [`super::pattern`]'s; among the rules
+//! of the best pattern, the one whose `methods=` names the request's method
+//! wins, else the one without `methods=`, else the request is refused (a
+//! pattern whose rules all name other methods allows no other). Every problem is
 //! reported as `FILE:LINE: problem`; the file is bounded
 //! ([`MAX_POLICY_BYTES`], [`MAX_RULES`], [`MAX_LINE_LEN`], and
 //! [`super::MAX_PATTERN_LEN`] per pattern).
 
 use std::{collections::HashMap, fmt};
 
-use super::{AccessPolicy, PathTable, Pattern, Route, UpstreamHeaders};
+use super::{AccessPolicy, MethodRoutes, PathTable, Pattern, Route, UpstreamHeaders};
 use crate::{Role, name::Namespace};
 
 /// Largest policy file.
@@ -35,6 +39,10 @@ pub const MAX_RULES: usize = 1000;
 pub const MAX_LINE_LEN: usize = 1024;
 /// Longest upstream header name.
 pub const MAX_HEADER_NAME: usize = 64;
+/// Most methods in one `methods=` option.
+pub const MAX_METHODS: usize = 16;
+/// Longest method name.
+pub const MAX_METHOD_LEN: usize = 16;
 
 /// Headers that a policy may not use for the caller's identity.
 const RESERVED_HEADERS: [&str; 10] = [
@@ -98,7 +106,7 @@ impl AccessPolicy {
                     message,
                 })?;
         }
-        if parser.routes.is_empty() && parser.default.is_none() {
+        if parser.rules == 0 && parser.default.is_none() {
             return Err(whole(
                 "no rule: add `require PATTERN ROLE`, `public PATTERN` or `default …` lines"
                     .to_owned(),
@@ -112,6 +120,7 @@ impl AccessPolicy {
         }
         Ok(AccessPolicy {
             routes: parser.routes,
+            rules: parser.rules,
             default: parser.default.map_or(Route::Deny, |(route, _)| route),
             headers: parser.headers,
             strip_authorization: parser.strip_authorization,
@@ -121,9 +130,12 @@ impl AccessPolicy {
 
 #[derive(Debug, Default)]
 struct Parser {
-    routes: PathTable<Route>,
-    /// The line of each pattern, for duplicates.
-    lines: HashMap<Pattern, usize>,
+    routes: PathTable<MethodRoutes>,
+    /// `require` and `public` lines so far.
+    rules: usize,
+    /// The line of each pattern and method (`None`: every method), for
+    /// duplicates.
+    lines: HashMap<(Pattern, Option<String>), usize>,
     namespace: Option<Namespace>,
     default: Option<(Route, usize)>,
     headers: UpstreamHeaders,
@@ -155,14 +167,19 @@ impl Parser {
                 let (role, options) = rest
                     .split_first()
                     .ok_or("`require` takes a role after the pattern (viewer, editor or owner)")?;
-                let route = self.protected(role, options)?;
-                self.rule(number, pattern, route)
+                let options = Options::parse(options)?;
+                let route = self.protected(role, options.namespace)?;
+                self.rule(number, pattern, route, options.methods)
             }
             "public" => {
-                let [pattern] = args else {
-                    return Err("`public` takes one pattern".to_owned());
-                };
-                self.rule(number, pattern, Route::Public)
+                let (pattern, options) = args
+                    .split_first()
+                    .ok_or("`public` takes a pattern: `public /healthz`")?;
+                let options = Options::parse(options)?;
+                if options.namespace.is_some() {
+                    return Err("`public` takes no `namespace=`: no token is needed".to_owned());
+                }
+                self.rule(number, pattern, Route::Public, options.methods)
             }
             "default" => {
                 if let Some((_, first)) = &self.default {
@@ -177,7 +194,15 @@ impl Parser {
                     }
                     "deny" => Route::Deny,
                     "public" => Route::Public,
-                    role => self.protected(role, options)?,
+                    role => {
+                        let options = Options::parse(options)?;
+                        if options.methods.is_some() {
+                            return Err(
+                                "`default` applies to every method: no `methods=`".to_owned()
+                            );
+                        }
+                        self.protected(role, options.namespace)?
+                    }
                 };
                 self.default = Some((route, number));
                 Ok(())
@@ -220,48 +245,115 @@ impl Parser {
         }
     }
 
-    /// The route of `role [namespace=NS]`.
-    fn protected(&self, role: &str, options: &[&str]) -> Result<Route, String> {
+    /// The route of `role` in `namespace` (else the `namespace` line's).
+    fn protected(&self, role: &str, namespace: Option<Namespace>) -> Result<Route, String> {
         let role = Role::parse(role).ok_or_else(|| {
             format!(
                 "`{}` is not a role: use viewer, editor or owner",
                 short(role)
             )
         })?;
-        let mut namespace_option = None;
-        for option in options {
-            match option.split_once('=') {
-                Some(("namespace", id)) if namespace_option.is_none() => {
-                    namespace_option = Some(namespace(id)?);
-                }
-                Some(("namespace", _)) => return Err("`namespace=` is given twice".to_owned()),
-                _ => {
-                    return Err(format!(
-                        "`{}` is not an option: the only one is `namespace=ID`",
-                        short(option)
-                    ));
-                }
-            }
-        }
-        let namespace = namespace_option.or_else(|| self.namespace.clone()).ok_or(
+        let namespace = namespace.or_else(|| self.namespace.clone()).ok_or(
             "no namespace for this rule: add `namespace=ID`, or a `namespace ID` line above",
         )?;
         Ok(Route::Protected { role, namespace })
     }
 
-    fn rule(&mut self, number: usize, pattern: &str, route: Route) -> Result<(), String> {
+    fn rule(
+        &mut self,
+        number: usize,
+        pattern: &str,
+        route: Route,
+        methods: Option<Vec<String>>,
+    ) -> Result<(), String> {
         let pattern =
             Pattern::parse(pattern).map_err(|why| format!("`{}`: {why}", short(pattern)))?;
-        if let Some(first) = self.lines.get(&pattern) {
-            return Err(format!("`{pattern}` is already given on line {first}"));
-        }
-        if self.routes.len() == MAX_RULES {
+        if self.rules == MAX_RULES {
             return Err(format!("more than {MAX_RULES} rules"));
         }
-        self.lines.insert(pattern.clone(), number);
-        self.routes.insert(pattern, route);
+        let keys: Vec<Option<String>> = match methods {
+            None => vec![None],
+            Some(methods) => methods.into_iter().map(Some).collect(),
+        };
+        for key in &keys {
+            if let Some(first) = self.lines.get(&(pattern.clone(), key.clone())) {
+                return Err(match key {
+                    None => format!("`{pattern}` is already given on line {first}"),
+                    Some(method) => {
+                        format!("`{pattern}` for {method} is already given on line {first}")
+                    }
+                });
+            }
+        }
+        if self.routes.get_mut(&pattern).is_none() {
+            self.routes.insert(pattern.clone(), MethodRoutes::default());
+        }
+        let rules = self
+            .routes
+            .get_mut(&pattern)
+            .ok_or("internal: a pattern just inserted is missing")?;
+        for key in keys {
+            rules.set(key.as_deref(), route.clone());
+            self.lines.insert((pattern.clone(), key), number);
+        }
+        self.rules += 1;
         Ok(())
     }
+}
+
+/// The options of a rule: `namespace=ID`, `methods=GET,HEAD`.
+#[derive(Debug, Default)]
+struct Options {
+    namespace: Option<Namespace>,
+    methods: Option<Vec<String>>,
+}
+
+impl Options {
+    fn parse(options: &[&str]) -> Result<Options, String> {
+        let mut parsed = Options::default();
+        for option in options {
+            match option.split_once('=') {
+                Some(("namespace", _)) if parsed.namespace.is_some() => {
+                    return Err("`namespace=` is given twice".to_owned());
+                }
+                Some(("namespace", id)) => parsed.namespace = Some(namespace(id)?),
+                Some(("methods", _)) if parsed.methods.is_some() => {
+                    return Err("`methods=` is given twice".to_owned());
+                }
+                Some(("methods", list)) => parsed.methods = Some(methods(list)?),
+                _ => {
+                    return Err(format!(
+                        "`{}` is not an option: use `namespace=ID` or `methods=GET,HEAD`",
+                        short(option)
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// `GET,HEAD`: at most [`MAX_METHODS`] distinct uppercase methods.
+fn methods(list: &str) -> Result<Vec<String>, String> {
+    let mut methods: Vec<String> = Vec::new();
+    for method in list.split(',') {
+        let valid = (1..=MAX_METHOD_LEN).contains(&method.len())
+            && method.bytes().all(|b| b.is_ascii_uppercase());
+        if !valid {
+            return Err(format!(
+                "`{}` is not an HTTP method: 1 to {MAX_METHOD_LEN} uppercase letters, e.g. `methods=GET,HEAD`",
+                short(method)
+            ));
+        }
+        if methods.iter().any(|known| known == method) {
+            return Err(format!("{method} is listed twice"));
+        }
+        methods.push(method.to_owned());
+    }
+    if methods.len() > MAX_METHODS {
+        return Err(format!("at most {MAX_METHODS} methods a rule"));
+    }
+    Ok(methods)
 }
 
 fn namespace(id: &str) -> Result<Namespace, String> {
@@ -326,23 +418,23 @@ strip-authorization yes
     fn the_documented_example_parses() {
         let policy = AccessPolicy::parse("policy.txt", EXAMPLE).expect("parses");
         assert_eq!(
-            policy.route("/shop.v1.Shop/List"),
+            policy.route("GET", "/shop.v1.Shop/List"),
             &protected(Role::Viewer, "shop")
         );
         assert_eq!(
-            policy.route("/shop.v1.Shop/Delete"),
+            policy.route("GET", "/shop.v1.Shop/Delete"),
             &protected(Role::Owner, "shop")
         );
         assert_eq!(
-            policy.route("/api/orders/7/items"),
+            policy.route("GET", "/api/orders/7/items"),
             &protected(Role::Editor, "shop")
         );
         assert_eq!(
-            policy.route("/api/admin/users"),
+            policy.route("GET", "/api/admin/users"),
             &protected(Role::Owner, "platform")
         );
-        assert_eq!(policy.route("/healthz"), &Route::Public);
-        assert_eq!(policy.route("/elsewhere"), &Route::Deny);
+        assert_eq!(policy.route("GET", "/healthz"), &Route::Public);
+        assert_eq!(policy.route("GET", "/elsewhere"), &Route::Deny);
         assert_eq!(policy.headers().name, "x-caller");
         assert_eq!(policy.headers().uid, "x-apitoken-uid");
         assert!(policy.strip_authorization());
@@ -413,10 +505,65 @@ strip-authorization yes
     }
 
     #[test]
+    fn methods_choose_among_a_patterns_rules() {
+        let text = "namespace shop\n\
+                    require /api/items/** editor\n\
+                    require /api/items/** viewer methods=GET,HEAD\n\
+                    public  /docs/**      methods=GET\n\
+                    default public\n";
+        let policy = AccessPolicy::parse("p", text).expect("parses");
+        assert_eq!(
+            policy.route("GET", "/api/items/1"),
+            &protected(Role::Viewer, "shop")
+        );
+        assert_eq!(
+            policy.route("head", "/api/items/1"),
+            &protected(Role::Viewer, "shop")
+        );
+        assert_eq!(
+            policy.route("POST", "/api/items/1"),
+            &protected(Role::Editor, "shop")
+        );
+        assert_eq!(policy.route("GET", "/docs/a"), &Route::Public);
+        // Its only rule names GET: no other method passes (not the default).
+        assert_eq!(policy.route("POST", "/docs/a"), &Route::Deny);
+        assert_eq!(policy.route("POST", "/elsewhere"), &Route::Public);
+        assert_eq!(policy.rules(), 3);
+        for (text, why) in [
+            (
+                "namespace shop\npublic /a methods=GET\npublic /a methods=POST,GET\n",
+                "for GET is already given on line 2",
+            ),
+            (
+                "namespace shop\npublic /a methods=get\n",
+                "not an HTTP method",
+            ),
+            (
+                "namespace shop\npublic /a methods=GET,GET\n",
+                "listed twice",
+            ),
+            (
+                "namespace shop\ndefault viewer methods=GET\n",
+                "every method",
+            ),
+            (
+                "namespace shop\npublic /a namespace=shop\n",
+                "no `namespace=`",
+            ),
+        ] {
+            let error = AccessPolicy::parse("p", text).expect_err(text);
+            assert!(error.message.contains(why), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn default_routes() {
         let policy = AccessPolicy::parse("p", "default viewer namespace=team-a\n").expect("ok");
-        assert_eq!(policy.route("/x"), &protected(Role::Viewer, "team-a"));
+        assert_eq!(
+            policy.route("GET", "/x"),
+            &protected(Role::Viewer, "team-a")
+        );
         let policy = AccessPolicy::parse("p", "default public\n").expect("ok");
-        assert_eq!(policy.route("/x"), &Route::Public);
+        assert_eq!(policy.route("GET", "/x"), &Route::Public);
     }
 }

@@ -59,6 +59,47 @@ impl Route {
     }
 }
 
+/// The rules of one pattern: for some HTTP methods (`methods=GET,HEAD`),
+/// and for every other method.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MethodRoutes {
+    /// Uppercase methods and their route, in the file's order.
+    by_method: Vec<(String, Route)>,
+    /// The route of every method not named.
+    any: Option<Route>,
+}
+
+/// The route of a method that no rule of a pattern names.
+static DENY: Route = Route::Deny;
+
+impl MethodRoutes {
+    /// The route of `method`: the rule naming it, else the pattern's rule
+    /// for every method, else [`Route::Deny`].
+    pub fn route(&self, method: &str) -> &Route {
+        self.by_method
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(method))
+            .map(|(_, route)| route)
+            .or(self.any.as_ref())
+            .unwrap_or(&DENY)
+    }
+
+    /// Sets the route of `method` (`None`: every other method); the route
+    /// it replaces, if any.
+    pub(crate) fn set(&mut self, method: Option<&str>, route: Route) -> Option<Route> {
+        match method {
+            None => self.any.replace(route),
+            Some(method) => {
+                if let Some(slot) = self.by_method.iter_mut().find(|(known, _)| known == method) {
+                    return Some(std::mem::replace(&mut slot.1, route));
+                }
+                self.by_method.push((method.to_owned(), route));
+                None
+            }
+        }
+    }
+}
+
 /// The refusal of a path that no rule allows.
 pub fn route_not_allowed() -> Error {
     Error::denied(
@@ -103,16 +144,23 @@ impl UpstreamHeaders {
 /// the request goes upstream.
 #[derive(Debug, Clone)]
 pub struct AccessPolicy {
-    routes: PathTable<Route>,
+    routes: PathTable<MethodRoutes>,
+    rules: usize,
     default: Route,
     headers: UpstreamHeaders,
     strip_authorization: bool,
 }
 
 impl AccessPolicy {
-    /// The route of `path` (a path without query string).
-    pub fn route(&self, path: &str) -> &Route {
-        self.routes.lookup(path).unwrap_or(&self.default)
+    /// The route of a request: `method` (`GET`, `POST`, ...) on `path` (a
+    /// path without query string). The best pattern decides (see
+    /// [`pattern`]); among its rules, the one naming the method, else its
+    /// rule for every method, else none: [`Route::Deny`].
+    pub fn route(&self, method: &str, path: &str) -> &Route {
+        match self.routes.lookup(path) {
+            Some(rules) => rules.route(method),
+            None => &self.default,
+        }
     }
 
     /// The upstream header names.
@@ -125,8 +173,8 @@ impl AccessPolicy {
         self.strip_authorization
     }
 
-    /// How many rules the policy has (besides its default).
+    /// How many rules the policy has (`require` and `public` lines).
     pub fn rules(&self) -> usize {
-        self.routes.len()
+        self.rules
     }
 }

@@ -140,6 +140,19 @@ impl<V> PathTable<V> {
         }
     }
 
+    /// The value of exactly `pattern`, to change it.
+    pub fn get_mut(&mut self, pattern: &Pattern) -> Option<&mut V> {
+        match pattern {
+            Pattern::Exact(path) => self.exact.get_mut(path),
+            Pattern::Segment(service) => self.segments.get_mut(service),
+            Pattern::Prefix(prefix) => self
+                .prefixes
+                .iter_mut()
+                .find(|(known, _)| known == prefix)
+                .map(|(_, value)| value),
+        }
+    }
+
     /// The value whose pattern matches `path` best, if any.
     pub fn lookup(&self, path: &str) -> Option<&V> {
         if let Some(value) = self.exact.get(path) {

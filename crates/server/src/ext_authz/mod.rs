@@ -101,7 +101,7 @@ impl ExtAuthzService {
         };
         let grpc = attributes.grpc;
         let deny = |error: Error| response::denied(&Status::from(error), grpc, None);
-        let route = self.policy.route(attributes.path);
+        let route = self.policy.route(attributes.method, attributes.path);
         match route {
             Route::Public => return response::allowed(&self.policy, None, None),
             Route::Deny => return deny(apitoken_domain::access::route_not_allowed()),

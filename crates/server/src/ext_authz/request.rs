@@ -44,6 +44,8 @@ pub(crate) struct Attributes<'a> {
     http: &'a HttpRequest,
     /// The path, without query or fragment.
     pub(crate) path: &'a str,
+    /// The HTTP method (`GET`, ...; `POST` for gRPC).
+    pub(crate) method: &'a str,
     /// Whether the request is a gRPC call (`content-type: application/grpc…`).
     pub(crate) grpc: bool,
     source: Option<SocketAddr>,
@@ -79,9 +81,13 @@ impl<'a> Attributes<'a> {
         let mut attributes = Attributes {
             http,
             path,
+            method: &http.method,
             grpc: false,
             source: source_address(attributes),
         };
+        if attributes.method.is_empty() {
+            attributes.method = attributes.header(":method")?.unwrap_or_default();
+        }
         attributes.grpc = attributes
             .header("content-type")?
             .is_some_and(|kind| kind.starts_with("application/grpc"));
