@@ -121,6 +121,7 @@ build_go() {
   [ -z "$unformatted" ] || { echo "gofmt: not formatted: $unformatted" >&2; return 1; }
   mkdir -p "$src/gen/go" "$src/tests/clients" &&
     cp -R gen/go/apitoken "$src/gen/go/apitoken" &&
+    cp -R gen/go/envoy "$src/gen/go/envoy" &&
     cp -R tests/clients/go "$src/tests/clients/go" &&
     mkdir -p "$src/readme_example" && cp "$work/readme_example.go" "$src/readme_example/main.go" &&
     (cd "$src/tests/clients/go" && go_env go vet . && go_env go build -o "$work/go-client" .) &&
@@ -131,6 +132,11 @@ run_go() {
 }
 
 timed "buf generate" generate
+# Every program ends by calling Envoy's `Check` as a proxy would: the
+# servers serve it with this policy (every path under /api/ needs a viewer
+# of team-a).
+printf 'namespace team-a\nrequire /api/** viewer\npublic /healthz\n' >"$work/ext-authz-policy.txt"
+export APITOKEN_EXT_AUTHZ_POLICY="$work/ext-authz-policy.txt"
 start=$SECONDS
 APITOKEN_SERVER_BIN="$(apitoken_server_binary)"
 export APITOKEN_SERVER_BIN

@@ -46,6 +46,7 @@ pub use apitoken_proto::v1;
 /// The server's TLS files and transport settings, for [`Options::transport`].
 pub use apitoken_server::{tls::TlsFiles, transport::TransportConfig};
 
+pub mod envoy;
 pub mod pki;
 pub mod services;
 
@@ -79,6 +80,8 @@ pub struct TestServer {
     pub database_url: String,
     /// Requests the server received, by method.
     pub requests: RequestCounter,
+    /// The ext_authz port of its own (`Options::ext_authz` with `listen`).
+    pub ext_authz_addr: Option<SocketAddr>,
     options: Options,
     _dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -105,6 +108,8 @@ pub struct Options {
     pub client: ConnectOptions,
     /// Shared limits (see [`redis_config`]).
     pub redis: Option<apitoken_ratelimit::RedisConfig>,
+    /// Envoy's ext_authz (`--ext-authz-policy`, `--ext-authz-listen`).
+    pub ext_authz: Option<apitoken_server::ext_authz::ExtAuthzConfig>,
     /// [`apitoken_store::StoreOptions::lock_wait`].
     pub lock_wait: Duration,
 }
@@ -168,6 +173,7 @@ impl Default for Options {
             transport: TransportConfig::default(),
             client: ConnectOptions::default(),
             redis: None,
+            ext_authz: None,
             lock_wait: apitoken_store::StoreOptions::default().lock_wait,
         }
     }
@@ -251,6 +257,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let requests = app.requests().clone();
+        let ext_authz_addr = app.ext_authz_address();
         let (shutdown, handle) = spawn_app(app, listener);
         let scheme = if options.transport.tls.is_some() {
             "https"
@@ -268,6 +275,7 @@ impl TestServer {
             sqlite_path: (backend == Backend::Sqlite).then(|| dir.path().join("apitoken.db")),
             database_url,
             requests,
+            ext_authz_addr,
             options,
             _dir: dir,
             shutdown: Some(shutdown),
@@ -370,6 +378,7 @@ impl TestServer {
             .await
             .expect("rebind the same address");
         self.requests = app.requests().clone();
+        self.ext_authz_addr = app.ext_authz_address();
         let (shutdown, handle) = spawn_app(app, listener);
         self.shutdown = Some(shutdown);
         self.handle = Some(handle);
@@ -498,6 +507,7 @@ async fn build_app(database_url: &str, options: &Options, clock: &Arc<ManualCloc
     config.trusted_proxies = options.trusted_proxies.clone();
     config.transport = options.transport.clone();
     config.redis = options.redis.clone();
+    config.ext_authz = options.ext_authz.clone();
     config.store.lock_wait = options.lock_wait;
     // Retention runs every 10 minutes in production; tests move the clock
     // and want it applied promptly.

@@ -5,7 +5,8 @@
 //! database (for each `--tokens` figure), and drives it with a tonic client
 //! at a fixed concurrency, printing calls a second and p50/p99 for: an empty
 //! RPC (`grpc.health.v1.Health/Check`, the baseline), `VerifyApiToken` with
-//! a known and with an unknown well-formed secret, `GetApiToken`,
+//! a known and with an unknown well-formed secret, Envoy's ext_authz
+//! `Check` with a known token, `GetApiToken`,
 //! `ListApiTokens` (a page of 50), `CreateApiToken`, and the example
 //! inventory service with and without the interceptor's layer on the same
 //! handler. Every figure is also a ratio to the baseline measured in the same
@@ -18,6 +19,7 @@
 //! && target/release/apitoken-bench --pin --out crates/bench/RESULTS.md`.
 
 mod example;
+mod ext_authz;
 mod load;
 mod replicas;
 mod report;
@@ -355,6 +357,26 @@ async fn scenarios(
                         Ok(_) => Err("an unknown secret was accepted".to_owned()),
                     }
                 }
+            },
+        )
+        .await,
+    );
+
+    let check_secrets: Vec<String> = known
+        .iter()
+        .map(|secret| format!("Bearer {}", secret.expose()))
+        .collect();
+    let check_secrets = std::sync::Arc::new(check_secrets);
+    run.push(
+        load::run(
+            "ext_authz Check, known token (HTTP route)",
+            &channels,
+            load,
+            move |channel, task, i| {
+                let request = ext_authz::check_request(
+                    &check_secrets[(task + i as usize) % check_secrets.len()],
+                );
+                async move { ext_authz::check(channel, request).await }
             },
         )
         .await,

@@ -177,7 +177,14 @@ pub(crate) struct ServerProcess {
     pub(crate) address: String,
     /// Time from spawn to SERVING (index loaded).
     pub(crate) cold_start: Duration,
+    /// The ext_authz policy file's folder (every path needs a viewer of
+    /// [`NAMESPACE`]), kept while the server runs.
+    _policy: tempfile::TempDir,
 }
+
+/// The ext_authz policy of the benchmark: every path, a viewer of
+/// [`NAMESPACE`].
+const POLICY: &str = "namespace bench\ndefault viewer\n";
 
 impl ServerProcess {
     /// Starts the binary on `database_url` with limits the benchmark never
@@ -189,6 +196,9 @@ impl ServerProcess {
         let binary = sibling("apitoken-server")?;
         let port = free_port()?;
         let address = format!("127.0.0.1:{port}");
+        let policy = tempfile::tempdir().map_err(|error| error.to_string())?;
+        let policy_file = policy.path().join("policy.txt");
+        std::fs::write(&policy_file, POLICY).map_err(|error| error.to_string())?;
         let started = Instant::now();
         let child = pinned(&binary, core)
             .args([
@@ -209,6 +219,8 @@ impl ServerProcess {
                 "--max-streams-per-token",
                 "100000",
             ])
+            .arg("--ext-authz-policy")
+            .arg(&policy_file)
             .env("APITOKEN_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -218,6 +230,7 @@ impl ServerProcess {
             child,
             address,
             cold_start: Duration::ZERO,
+            _policy: policy,
         };
         server.wait_serving(Duration::from_secs(600)).await?;
         server.cold_start = started.elapsed();

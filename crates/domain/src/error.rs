@@ -67,6 +67,8 @@ pub enum DenyReason {
     RoleEscalation,
     /// Only an interceptor's token may do this (report usage).
     InterceptorRequired,
+    /// No rule of the ext_authz access policy allows the path.
+    RouteNotAllowed,
 }
 
 impl DenyReason {
@@ -77,6 +79,7 @@ impl DenyReason {
             DenyReason::RoleTooLow => "ROLE_TOO_LOW",
             DenyReason::RoleEscalation => "ROLE_ESCALATION",
             DenyReason::InterceptorRequired => "INTERCEPTOR_REQUIRED",
+            DenyReason::RouteNotAllowed => "ROUTE_NOT_ALLOWED",
         }
     }
 }

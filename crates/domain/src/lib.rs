@@ -11,11 +11,14 @@
 //! - [`principal`]: the authenticated caller and its authorization checks.
 //! - [`error`] and [`status`]: the domain error and the one place it becomes
 //!   a `tonic::Status` with `google.rpc` details.
+//! - [`access`]: which role and namespace each path needs: path patterns,
+//!   the one matching rule (interceptor and ext_authz), the policy file.
 //! - [`clock`]: an injectable clock.
 //!
 //! Architecture invariant: this crate never depends on sea-orm or the server;
 //! the interceptor crate uses it to parse tokens and map errors.
 
+pub mod access;
 pub mod audit;
 pub mod clock;
 pub mod error;

@@ -2,10 +2,11 @@
 //! needs, and the timings of cache, verification, event stream and usage
 //! reports. [`AuthBuilder`] collects it and builds an [`ApiTokenAuth`].
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use apitoken_domain::{
     Role,
+    access::{PathTable, Pattern},
     clock::{SharedClock, SystemClock},
     name::check_id,
     token::{Secret, TokenFormat},
@@ -15,14 +16,9 @@ use tonic::transport::Channel;
 
 use crate::auth::ApiTokenAuth;
 
-/// What a method needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requirement {
-    /// No token at all (health checks, reflection).
-    Public,
-    /// A token of an accepted namespace with at least this role.
-    Role(Role),
-}
+/// What a method needs (the vocabulary shared with apitoken's ext_authz
+/// policy file: [`apitoken_domain::access`]).
+pub use apitoken_domain::access::Requirement;
 
 /// Methods that need no token unless configured otherwise.
 pub const DEFAULT_PUBLIC: [&str; 3] = [
@@ -32,19 +28,20 @@ pub const DEFAULT_PUBLIC: [&str; 3] = [
 ];
 
 /// The requirement of each method: exact paths (`/pkg.Service/Method`) win
-/// over service wildcards (`/pkg.Service/*`), which win over the default.
+/// over service wildcards (`/pkg.Service/*`), which win over path prefixes
+/// (`/pkg.**`, longest first), which win over the default; the matching is
+/// [`apitoken_domain::access::PathTable`]'s, the same as apitoken's
+/// ext_authz policy file.
 #[derive(Debug, Clone)]
 pub struct MethodPolicy {
-    methods: HashMap<String, Requirement>,
-    services: HashMap<String, Requirement>,
+    table: PathTable<Requirement>,
     default: Requirement,
 }
 
 impl Default for MethodPolicy {
     fn default() -> Self {
         let mut policy = Self {
-            methods: HashMap::new(),
-            services: HashMap::new(),
+            table: PathTable::default(),
             default: Requirement::Role(Role::Viewer),
         };
         for path in DEFAULT_PUBLIC {
@@ -57,10 +54,7 @@ impl Default for MethodPolicy {
 impl MethodPolicy {
     /// Sets the requirement of a method or (with `/*`) a whole service.
     pub fn set(&mut self, pattern: &str, requirement: Requirement) {
-        match pattern.strip_suffix('*') {
-            Some(service) => self.services.insert(service.to_owned(), requirement),
-            None => self.methods.insert(pattern.to_owned(), requirement),
-        };
+        self.table.insert(Pattern::lenient(pattern), requirement);
     }
 
     /// The requirement for everything not listed.
@@ -70,11 +64,7 @@ impl MethodPolicy {
 
     /// The requirement of the method at `path`.
     pub fn requirement(&self, path: &str) -> Requirement {
-        if let Some(requirement) = self.methods.get(path) {
-            return *requirement;
-        }
-        let service = path.rfind('/').map_or(path, |slash| &path[..=slash]);
-        self.services.get(service).copied().unwrap_or(self.default)
+        self.table.lookup(path).copied().unwrap_or(self.default)
     }
 }
 
@@ -184,7 +174,8 @@ impl AuthBuilder {
         self
     }
 
-    /// `pattern` (`/pkg.Service/Method` or `/pkg.Service/*`) needs `role`.
+    /// `pattern` (`/pkg.Service/Method`, `/pkg.Service/*`, or a prefix
+    /// `/pkg.**`; see [`MethodPolicy`]) needs `role`.
     pub fn require(mut self, pattern: &str, role: Role) -> Self {
         self.policy.set(pattern, Requirement::Role(role));
         self

@@ -16,6 +16,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use apitoken_domain::{
     Error,
+    access::AccessPolicy,
     clock::SharedClock,
     hash::Keys,
     token::{InvalidPrefix, TokenFormat},
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 use crate::{
     auth::{AuthParts, Authenticator},
     events::{EventHub, EventTiming},
+    ext_authz::ExtAuthzService,
     health::{self, HealthChecks, set_health},
     index::{IndexOptions, TokenIndex},
     lifecycle::Lifecycle,
@@ -80,6 +82,9 @@ pub struct AppConfig {
     pub redis: Option<RedisConfig>,
     /// The Prometheus listener.
     pub metrics: MetricsConfig,
+    /// Envoy's external authorization (`--ext-authz-policy`), or `None`:
+    /// `Check` is not served.
+    pub ext_authz: Option<crate::ext_authz::ExtAuthzConfig>,
 }
 
 /// Where metrics are served.
@@ -120,6 +125,7 @@ impl AppConfig {
             transport: TransportConfig::default(),
             metrics: MetricsConfig::default(),
             redis: None,
+            ext_authz: None,
         }
     }
 }
@@ -163,6 +169,10 @@ pub struct App {
     usage: Arc<UsageRecorder>,
     requests: RequestCounter,
     limiter: Arc<Limiter>,
+    /// The ext_authz policy, read at build.
+    ext_authz: Option<Arc<AccessPolicy>>,
+    /// The ext_authz port of its own, bound at build.
+    ext_authz_listener: Option<TcpListener>,
     config: AppConfig,
 }
 
@@ -192,7 +202,32 @@ impl App {
             },
         )
         .map_err(StartError::Config)?;
+        let (ext_authz, ext_authz_listener) = match &config.ext_authz {
+            None => (None, None),
+            Some(ext_authz) => {
+                let policy = crate::ext_authz::load_policy(&ext_authz.policy_file)
+                    .map_err(|error| StartError::Config(format!("--ext-authz-policy {error}")))?;
+                info!(rules = policy.rules(), file = %ext_authz.policy_file.display(), "ext_authz policy loaded");
+                let listener = match ext_authz.listen {
+                    None => None,
+                    Some(address) => {
+                        config
+                            .transport
+                            .check_listener(address)
+                            .map_err(StartError::Config)?;
+                        Some(TcpListener::bind(address).await.map_err(|err| {
+                            StartError::Config(format!(
+                                "cannot listen on {address} (--ext-authz-listen): {err}"
+                            ))
+                        })?)
+                    }
+                };
+                (Some(Arc::new(policy)), listener)
+            }
+        };
         Ok(App {
+            ext_authz,
+            ext_authz_listener,
             limiter,
             store,
             format,
@@ -202,6 +237,13 @@ impl App {
             requests: RequestCounter::new(crate::metrics::served_methods()),
             config,
         })
+    }
+
+    /// The address of the ext_authz port of its own, if any.
+    pub fn ext_authz_address(&self) -> Option<std::net::SocketAddr> {
+        self.ext_authz_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The store.
@@ -335,6 +377,10 @@ impl App {
             limiter: Arc::clone(&self.limiter),
             proxies: Arc::new(self.config.trusted_proxies.clone()),
         });
+        let ext_authz = self
+            .ext_authz
+            .clone()
+            .map(|policy| ExtAuthzService::new(auth.clone(), policy));
         let service = ApiTokenService::new(
             self.store.clone(),
             auth,
@@ -348,16 +394,22 @@ impl App {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let max_request = transport_config.max_request_size;
         let health_service = health_service.max_decoding_message_size(max_request);
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        let with_envoy = ext_authz.is_some();
+        let reflection = || {
+            let builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+            if with_envoy {
+                builder.register_encoded_file_descriptor_set(crate::ext_authz::FILE_DESCRIPTOR_SET)
+            } else {
+                builder
+            }
+        };
+        let reflection_v1 = reflection()
             .build_v1()?
             .max_decoding_message_size(max_request);
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection()
             .build_v1alpha()?
             .max_decoding_message_size(max_request);
 
@@ -399,19 +451,37 @@ impl App {
         let shutdown_reporter = reporter.clone();
         let mut grace_started = stopping_tx.subscribe();
         let grace = self.config.shutdown_grace;
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(transport_config.http2_keepalive_interval))
-            .http2_keepalive_timeout(Some(transport_config.http2_keepalive_timeout))
-            .max_concurrent_streams(transport_config.max_concurrent_streams)
-            .http2_max_header_list_size(transport_config.max_header_list_size)
-            .layer(self.requests.clone())
-            .layer(TransportLayer::new(Arc::clone(&connections), max_request))
+        let builder = || {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(transport_config.http2_keepalive_interval))
+                .http2_keepalive_timeout(Some(transport_config.http2_keepalive_timeout))
+                .max_concurrent_streams(transport_config.max_concurrent_streams)
+                .http2_max_header_list_size(transport_config.max_header_list_size)
+                .layer(self.requests.clone())
+                .layer(TransportLayer::new(Arc::clone(&connections), max_request))
+        };
+        // The ext_authz port of its own: Check, health and reflection.
+        let ext_authz_router = match (&ext_authz, self.ext_authz_listener) {
+            (Some(ext_authz), Some(listener)) => Some((
+                builder()
+                    .add_service(health_service.clone())
+                    .add_service(reflection_v1.clone())
+                    .add_service(reflection_v1alpha.clone())
+                    .add_service(ext_authz.clone().into_server(max_request)),
+                listener,
+            )),
+            _ => None,
+        };
+        let mut router = builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
                 ApiTokenServiceServer::new(service).max_decoding_message_size(max_request),
             );
+        if let Some(ext_authz) = ext_authz {
+            router = router.add_service(ext_authz.into_server(max_request));
+        }
         let signal = async move {
             shutdown.await;
             info!("shutting down: finishing in-flight calls");
@@ -420,17 +490,51 @@ impl App {
             metrics::gauge!(crate::metrics::names::SERVING).set(0.0);
         };
         let limits = transport::ConnLimits::from(&transport_config);
-        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-            match tls {
-                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                    transport::incoming(listener, transport::Tls(tls), limits, connections),
-                    signal,
-                )),
-                None => Box::pin(router.serve_with_incoming_shutdown(
-                    transport::incoming(listener, transport::Plain, limits, connections),
-                    signal,
-                )),
-            };
+        type Serving<'a> =
+            Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>>;
+        macro_rules! serving {
+            ($router:expr, $listener:expr, $signal:expr) => {{
+                let serving: Serving<'_> = match tls.clone() {
+                    Some(tls) => Box::pin($router.serve_with_incoming_shutdown(
+                        transport::incoming(
+                            $listener,
+                            transport::Tls(tls),
+                            limits.clone(),
+                            Arc::clone(&connections),
+                        ),
+                        $signal,
+                    )),
+                    None => Box::pin($router.serve_with_incoming_shutdown(
+                        transport::incoming(
+                            $listener,
+                            transport::Plain,
+                            limits.clone(),
+                            Arc::clone(&connections),
+                        ),
+                        $signal,
+                    )),
+                };
+                serving
+            }};
+        }
+        let main_server = serving!(router, listener, signal);
+        let server: Serving<'_> = match ext_authz_router {
+            None => main_server,
+            Some((ext_authz_router, ext_authz_listener)) => {
+                if let Ok(address) = ext_authz_listener.local_addr() {
+                    info!(%address, "serving envoy.service.auth.v3.Authorization (--ext-authz-listen)");
+                }
+                let mut stopping = stopping.clone();
+                let stopped = async move {
+                    let _ = stopping.wait_for(|stopping| *stopping).await;
+                };
+                let ext_authz_server = serving!(ext_authz_router, ext_authz_listener, stopped);
+                Box::pin(async move {
+                    let (main, ext_authz) = tokio::join!(main_server, ext_authz_server);
+                    main.and(ext_authz)
+                })
+            }
+        };
         let result = tokio::select! {
             result = server => result,
             () = async {

@@ -182,6 +182,12 @@ impl Authenticator {
         )
     }
 
+    /// Whether `address` is one of the trusted proxies (whose word on a
+    /// client's address is believed).
+    pub fn trusts_proxy(&self, address: IpAddr) -> bool {
+        self.proxies.trusts(address)
+    }
+
     /// The audit context of `request`, with its client address.
     pub fn context<T>(&self, request: &Request<T>) -> RequestContext {
         RequestContext::of(request, self.client_address(request))
@@ -200,7 +206,27 @@ impl Authenticator {
         request: &Request<T>,
     ) -> Result<Authenticated, Error> {
         let client = self.client_address(request);
-        let result = match bearer_secret(request.metadata()) {
+        let authenticated = self
+            .identify(bearer_secret(request.metadata()), client, request)
+            .await?;
+        self.admit(&authenticated.view).await?;
+        Ok(authenticated)
+    }
+
+    /// The token of a bearer `secret` (or the reason the credential was
+    /// unreadable) presented by `client` in `request`: checked against the
+    /// index, counted as a use by `client`, a failure counted against it
+    /// (throttle, burst audit). No rate limit yet: [`Authenticator::admit`].
+    /// [`Authenticator::authenticate_verified`] is this and `admit`; the
+    /// ext_authz `Check` authorizes the route between the two, as the
+    /// interceptor does.
+    pub async fn identify<T>(
+        &self,
+        secret: Result<Secret, AuthFailure>,
+        client: Option<IpAddr>,
+        request: &Request<T>,
+    ) -> Result<Authenticated, Error> {
+        let result = match secret {
             Ok(secret) => self.check(secret, Some(request)).await,
             Err(failure) => Err(Failure::from(Error::Unauthenticated(failure))),
         };
@@ -209,7 +235,6 @@ impl Authenticator {
             Err(failure) => return Err(self.failed(failure, client, request).await),
         };
         self.record_use(&authenticated.view, client);
-        self.admit(&authenticated.view).await?;
         Ok(authenticated)
     }
 
@@ -404,8 +429,9 @@ impl Authenticator {
     }
 
     /// Applies the token's and its namespace's rate limits; the decision is
-    /// kept for the reply's headers.
-    async fn admit(&self, view: &AuthView) -> Result<(), Error> {
+    /// kept for the reply's headers (in [`RATE_DECISION`], when the call
+    /// runs in its scope).
+    pub async fn admit(&self, view: &AuthView) -> Result<(), Error> {
         let namespace = &*view.namespace;
         let uid = view.uid_string();
         let call = Call {

@@ -204,6 +204,16 @@ pub struct ServeArgs {
     /// Do not apply migrations on start (run `migrate` once instead).
     #[arg(long, env = "APITOKEN_NO_MIGRATE")]
     pub no_migrate: bool,
+    /// Serve Envoy's external authorization API
+    /// (`envoy.service.auth.v3.Authorization/Check`) by this access policy
+    /// file (see the README, "Envoy and Istio"); off unless set. A bad file
+    /// stops the start with its line and problem.
+    #[arg(long, env = "APITOKEN_EXT_AUTHZ_POLICY")]
+    pub ext_authz_policy: Option<PathBuf>,
+    /// Also serve `Check` (with health and reflection) on this address, a
+    /// port of its own for the proxies; needs `--ext-authz-policy`.
+    #[arg(long, env = "APITOKEN_EXT_AUTHZ_LISTEN", requires = "ext_authz_policy")]
+    pub ext_authz_listen: Option<SocketAddr>,
     /// TLS and connection limits.
     #[command(flatten)]
     pub transport: TransportArgs,

@@ -9,6 +9,8 @@
 //! - [`convert`]: domain values to and from wire types.
 //! - [`usage`]: batched `last_use_time` / `use_count` writes.
 //! - [`events`]: the token event stream and the expiry sweeper.
+//! - [`ext_authz`]: Envoy's external authorization (`Check`) by the
+//!   access policy file.
 //! - [`health`]: the health checks (database, schema, shutdown).
 //! - [`index`]: verification served from memory, kept exact by the event
 //!   log (and `LISTEN/NOTIFY` on PostgreSQL).
@@ -33,6 +35,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod convert;
 pub mod events;
+pub mod ext_authz;
 pub mod health;
 pub mod index;
 pub mod lifecycle;

@@ -10,6 +10,7 @@ use apitoken_server::{
     bootstrap::{BootstrapRequest, bootstrap_token},
     config::{Cli, Command, DatabaseArgs, ServeArgs},
     events::EventTiming,
+    ext_authz::ExtAuthzConfig,
     index::IndexOptions,
     limits::Limits,
     policy::{ExpiryPolicy, Policy},
@@ -117,6 +118,10 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             max_streams: usize::try_from(args.max_streams).unwrap_or(usize::MAX),
         },
         transport,
+        ext_authz: args.ext_authz_policy.map(|policy_file| ExtAuthzConfig {
+            policy_file,
+            listen: args.ext_authz_listen,
+        }),
         metrics: MetricsConfig {
             listen: args.metrics_listen,
             max_namespaces: usize::try_from(args.metrics_max_namespaces).unwrap_or(usize::MAX),

@@ -148,3 +148,31 @@ fn serve_answers_and_stops_on_sigterm() {
         "secret in logs"
     );
 }
+
+#[test]
+fn serve_refuses_a_bad_ext_authz_policy_naming_its_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("p.db").display());
+    std::fs::write(
+        dir.path().join("policy.txt"),
+        "namespace team-a\nrequire /shop.v1.Shop/* superuser\n",
+    )
+    .expect("policy");
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--database-url", &url];
+        args.extend_from_slice(extra);
+        run(dir.path(), &args)
+    };
+    let output = serve(&["--ext-authz-policy", "policy.txt"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--ext-authz-policy policy.txt:2: `superuser` is not a role"),
+        "{stderr}"
+    );
+    // A port of its own needs a policy.
+    let output = serve(&["--ext-authz-listen", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--ext-authz-policy"), "{stderr}");
+}

@@ -10,7 +10,7 @@
 
 import { fromBinary, toBinary, type MessageShape } from "@bufbuild/protobuf";
 import { anyUnpack, timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import {
@@ -23,6 +23,7 @@ import {
 } from "../../../gen/ts/apitoken/v1/apitoken_pb.js";
 import { BadRequestSchema, ErrorInfoSchema } from "../../../gen/ts/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../../gen/ts/google/rpc/status_pb.js";
+import { Authorization } from "../../../gen/ts/envoy/service/auth/v3/external_auth_pb.js";
 
 const SECRET = /^apitoken_[0-9A-Za-z]{49}$/;
 const NAMESPACE = "namespaces/team-a";
@@ -87,6 +88,7 @@ function seconds(timestamp: Timestamp | undefined): number {
 
 interface State {
   client: Client<typeof ApiTokenService>;
+  transport: Transport;
   owner: string;
   editor?: CreateApiTokenResponse;
   viewer?: CreateApiTokenResponse;
@@ -240,6 +242,45 @@ async function eventStream(state: State): Promise<void> {
   }
 }
 
+/** A CheckRequest as Envoy's ext_authz HTTP filter sends it. */
+function envoyRequest(secret: string) {
+  const headers: Record<string, string> = { ":method": "GET", ":path": "/api/orders/7?expand=items" };
+  if (secret !== "") {
+    headers.authorization = `Bearer ${secret}`;
+  }
+  const socketAddress = { address: "192.0.2.10", portSpecifier: { case: "portValue" as const, value: 40000 } };
+  return {
+    attributes: {
+      source: { address: { address: { case: "socketAddress" as const, value: socketAddress } } },
+      request: { http: { method: "GET", path: "/api/orders/7?expand=items", headers } },
+    },
+  };
+}
+
+/** Check the way a proxy calls it: the owner passes, the revoked editor does not. */
+async function envoyCheck(state: State): Promise<void> {
+  const authz = createClient(Authorization, state.transport);
+  const allowed = await authz.check(envoyRequest(state.owner));
+  equal(allowed.status?.code, 0, "Check status for the owner");
+  if (allowed.httpResponse.case !== "okResponse") {
+    throw new Failure(`the owner is not allowed: ${allowed.status?.message}`);
+  }
+  const upstream = new Map(allowed.httpResponse.value.headers.map((o) => [o.header?.key, o.header?.value]));
+  equal(upstream.get("x-apitoken-name"), "namespaces/team-a/apitokens/bootstrap-owner", "x-apitoken-name");
+  equal(upstream.get("x-apitoken-role"), "owner", "x-apitoken-role");
+
+  const denied = await authz.check(envoyRequest(state.secret));
+  if (denied.httpResponse.case !== "deniedResponse") {
+    throw new Failure("the revoked token is allowed");
+  }
+  equal(Number(denied.httpResponse.value.status?.code), 401, "HTTP status of a revoked token");
+  equal(denied.status?.code, Code.Unauthenticated, "Check status of a revoked token");
+  const info = denied.status?.details.map((packed) => anyUnpack(packed, ErrorInfoSchema)).find((d) => d);
+  equal(info?.reason, "TOKEN_REVOKED", "ErrorInfo reason in CheckResponse.status");
+  const body = JSON.parse(denied.httpResponse.value.body);
+  equal(body.error.details[0].reason, "TOKEN_REVOKED", "ErrorInfo reason in the JSON body");
+}
+
 const steps: [string, (state: State) => Promise<void>][] = [
   ["create", create],
   ["list_editors", listEditors],
@@ -248,12 +289,14 @@ const steps: [string, (state: State) => Promise<void>][] = [
   ["revoke", revoke],
   ["error_details", errorDetails],
   ["event_stream", eventStream],
+  ["envoy_check", envoyCheck],
 ];
 
 async function main(): Promise<number> {
   const transport = createGrpcTransport({ baseUrl: `http://${process.env.APITOKEN_ADDRESS}` });
   const state: State = {
     client: createClient(ApiTokenService, transport),
+    transport,
     owner: process.env.APITOKEN_OWNER ?? "",
     secret: "",
     previousSecret: "",

@@ -140,12 +140,13 @@ impl RequestCounter {
 }
 
 /// Every method this server serves: the apitoken API (read from its
-/// descriptor set), health and reflection.
+/// descriptor set), health, reflection and Envoy's `Check`.
 pub fn served_methods() -> Vec<String> {
     use apitoken_proto::prost::Message as _;
     let mut methods: Vec<String> = [
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
+        crate::ext_authz::CHECK_PATH,
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     ]
