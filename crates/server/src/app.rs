@@ -80,6 +80,8 @@ pub struct AppConfig {
     pub redis: Option<RedisConfig>,
     /// The Prometheus listener.
     pub metrics: MetricsConfig,
+    /// The web console's listener (`--web-listen`; off by default here).
+    pub web: crate::web::WebListen,
 }
 
 /// Where metrics are served.
@@ -120,6 +122,7 @@ impl AppConfig {
             transport: TransportConfig::default(),
             metrics: MetricsConfig::default(),
             redis: None,
+            web: crate::web::WebListen::Off,
         }
     }
 }
@@ -164,6 +167,7 @@ pub struct App {
     requests: RequestCounter,
     limiter: Arc<Limiter>,
     config: AppConfig,
+    web_listener: Option<TcpListener>,
 }
 
 impl App {
@@ -197,6 +201,7 @@ impl App {
             usage,
             requests: RequestCounter::new(crate::metrics::served_methods()),
             config,
+            web_listener: None,
         })
     }
 
@@ -236,6 +241,12 @@ impl App {
     /// enforces local limits.
     pub fn redis_fallback(&self) -> bool {
         self.limiter.state().fallback()
+    }
+
+    /// Serves the web console on `listener` (instead of `config.web`).
+    pub fn with_web_listener(mut self, listener: TcpListener) -> Self {
+        self.web_listener = Some(listener);
+        self
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains in-flight
@@ -340,6 +351,26 @@ impl App {
             events,
             policy,
         );
+        let web_listener = match self.web_listener {
+            Some(listener) => Some(listener),
+            None => crate::web::bind(self.config.web)
+                .await
+                .map_err(StartError::Config)?,
+        };
+        if let Some(Ok(address)) = web_listener.as_ref().map(TcpListener::local_addr) {
+            transport_config
+                .check_listener(address)
+                .map_err(StartError::Config)?;
+        }
+        let web = web_listener.map(|listener| {
+            crate::web::spawn(
+                listener,
+                service.clone(),
+                Arc::clone(&self.clock),
+                tls.clone(),
+                stopping.clone(),
+            )
+        });
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let max_request = transport_config.max_request_size;
@@ -454,6 +485,9 @@ impl App {
         lifecycle.abort();
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
+        }
+        if let Some(web) = web {
+            web.abort();
         }
         info!("stopped");
         Ok(result?)
