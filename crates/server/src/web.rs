@@ -93,7 +93,11 @@ pub fn spawn(
     };
     let router = Console::new(service, clock, config).router();
     let local = listener.local_addr().ok();
-    info!(address = ?local, tls = tls.is_some(), "serving the web console");
+    // `web_address`, not `address`: scripts read the gRPC address from the
+    // first `address=` of the log.
+    if let Some(address) = local {
+        info!(web_address = %address, tls = tls.is_some(), "serving the web console");
+    }
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {

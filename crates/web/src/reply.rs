@@ -77,16 +77,15 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// Whether the browser says the request comes from another origin: an
-/// `Origin` that is not this `Host`, or `Sec-Fetch-Site: cross-site`.
+/// Whether the browser says the request comes from another origin:
+/// `Sec-Fetch-Site` other than `same-origin` or `none` when the browser
+/// sends it (every current one does); else an `Origin` that is not this
+/// `Host`. (`Origin` alone cannot decide: under `Referrer-Policy:
+/// no-referrer` browsers send `Origin: null` for same-origin forms.)
 fn cross_site(headers: &HeaderMap) -> bool {
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site == "cross-site" || site == "same-site")
-    {
-        return true;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.to_str(), Ok("same-origin" | "none"));
     }
     match (text(header::ORIGIN), text(header::HOST)) {
         (None, _) => false,
@@ -287,6 +286,10 @@ mod tests {
         headers.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
         assert!(cross_site(&headers));
         headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(cross_site(&headers));
+        headers.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(!cross_site(&headers));
+        headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(cross_site(&headers));
     }
 
