@@ -11,11 +11,7 @@ use std::net::SocketAddr;
 
 use apitoken_domain::token::Secret;
 use http::{HeaderMap, HeaderValue};
-use tonic::{
-    Code, Request, Status,
-    metadata::MetadataMap,
-    transport::server::TcpConnectInfo,
-};
+use tonic::{Code, Request, Status, metadata::MetadataMap, transport::server::TcpConnectInfo};
 use tonic_types::StatusExt;
 
 /// Where a web request came from.
@@ -33,7 +29,11 @@ pub struct Client {
 
 /// The `tonic::Request` the gRPC path would see for `message` from
 /// `client`, authenticated as `token` when given.
-pub fn request<T>(message: T, token: Option<&Secret>, client: &Client) -> Result<Request<T>, ApiError> {
+pub fn request<T>(
+    message: T,
+    token: Option<&Secret>,
+    client: &Client,
+) -> Result<Request<T>, ApiError> {
     let mut headers = HeaderMap::new();
     if let Some(token) = token {
         let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose()))
@@ -122,15 +122,22 @@ impl From<Status> for ApiError {
             | Code::AlreadyExists
             | Code::FailedPrecondition
             | Code::OutOfRange => sentence(status.message()),
-            Code::Aborted => "The token changed since this page was loaded: reload it and try again.".into(),
+            Code::Aborted => {
+                "The token changed since this page was loaded: reload it and try again.".into()
+            }
             Code::Unauthenticated => {
-                "This token is no longer accepted (revoked, expired or regenerated): sign in again.".into()
+                "This token is no longer accepted (revoked, expired or regenerated): sign in again."
+                    .into()
             }
             Code::ResourceExhausted => "Too many requests: wait a moment and try again.".into(),
             Code::Unavailable => "The service is unavailable right now: try again shortly.".into(),
             _ => "Something went wrong on the server; it has been logged.".into(),
         };
-        Self { code, message, fields }
+        Self {
+            code,
+            message,
+            fields,
+        }
     }
 }
 
@@ -161,7 +168,10 @@ mod tests {
         assert_eq!(error.code, Code::InvalidArgument);
         assert_eq!(
             error.fields,
-            vec![("api_token_id".to_owned(), "must be 3 to 50 characters".to_owned())]
+            vec![(
+                "api_token_id".to_owned(),
+                "must be 3 to 50 characters".to_owned()
+            )]
         );
     }
 

@@ -18,8 +18,8 @@
 //! - [`serve`]: one HTTP/1.1 or HTTP/2 connection.
 
 pub mod api;
-pub mod reply;
 pub mod pages;
+pub mod reply;
 pub mod serve;
 pub mod session;
 pub mod views;
@@ -95,7 +95,10 @@ impl<S: ApiTokenService> Console<S> {
         use pages::{audit, auth, create, tokens};
         Router::new()
             .route("/", get(auth::home::<S>))
-            .route("/sign-in", get(auth::sign_in_form::<S>).post(auth::sign_in::<S>))
+            .route(
+                "/sign-in",
+                get(auth::sign_in_form::<S>).post(auth::sign_in::<S>),
+            )
             .route("/sign-out", post(auth::sign_out::<S>))
             .route("/whoami", get(auth::whoami::<S>))
             .route("/tokens", get(tokens::list::<S>).post(create::create::<S>))

@@ -104,7 +104,10 @@ impl Fields {
     /// Checks the bounds of `pairs`.
     pub fn new(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
         if pairs.len() > MAX_FIELDS {
-            return Err(ApiError::field("form", format!("has more than {MAX_FIELDS} fields")));
+            return Err(ApiError::field(
+                "form",
+                format!("has more than {MAX_FIELDS} fields"),
+            ));
         }
         if let Some((name, _)) = pairs.iter().find(|(_, value)| value.len() > MAX_FIELD) {
             return Err(ApiError::field(
@@ -153,7 +156,11 @@ pub fn render<T: Template>(status: StatusCode, page: &T) -> Response {
 
 /// A `303 See Other` to `location` (a path of the console).
 pub fn redirect(location: &str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, location.to_owned())]).into_response()
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location.to_owned())],
+    )
+        .into_response()
 }
 
 /// An error page of `status` with `message`, in `layout`.
@@ -212,17 +219,27 @@ pub fn api_error_page(layout: Layout, error: &ApiError) -> Response {
 /// A `Set-Cookie` value with the console's flags.
 pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
-    let text =
-        format!("{name}={value}; HttpOnly; SameSite=Strict; Path={path}; Max-Age={max_age}{secure}");
+    let text = format!(
+        "{name}={value}; HttpOnly; SameSite=Strict; Path={path}; Max-Age={max_age}{secure}"
+    );
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Adds the security headers to every response.
 pub async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
@@ -276,14 +293,23 @@ mod tests {
     #[test]
     fn cookies_and_origins() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; apitoken_session=xyz"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; apitoken_session=xyz"),
+        );
         assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some("xyz"));
         assert_eq!(cookie(&headers, SIGN_IN_COOKIE), None);
         headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:50053"));
         assert!(!cross_site(&headers));
-        headers.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:50053"));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:50053"),
+        );
         assert!(!cross_site(&headers));
-        headers.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
         assert!(cross_site(&headers));
         headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(cross_site(&headers));
@@ -296,9 +322,14 @@ mod tests {
     #[test]
     fn field_bounds() {
         assert!(Fields::new(vec![("a".into(), "x".repeat(MAX_FIELD + 1))]).is_err());
-        let many = (0..=MAX_FIELDS).map(|i| (i.to_string(), String::new())).collect();
+        let many = (0..=MAX_FIELDS)
+            .map(|i| (i.to_string(), String::new()))
+            .collect();
         assert!(Fields::new(many).is_err());
         let fields = Fields::new(vec![("a".into(), "1".into()), ("a".into(), "2".into())]);
-        assert_eq!(fields.map(|f| f.get("a").to_owned()).ok().as_deref(), Some("1"));
+        assert_eq!(
+            fields.map(|f| f.get("a").to_owned()).ok().as_deref(),
+            Some("1")
+        );
     }
 }

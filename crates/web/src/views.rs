@@ -71,7 +71,10 @@ pub fn show_time(time: DateTime<Utc>) -> String {
 /// A wire timestamp as a time, if valid.
 pub fn to_time(timestamp: Option<&Timestamp>) -> Option<DateTime<Utc>> {
     let timestamp = timestamp?;
-    DateTime::from_timestamp(timestamp.seconds, u32::try_from(timestamp.nanos).unwrap_or(0))
+    DateTime::from_timestamp(
+        timestamp.seconds,
+        u32::try_from(timestamp.nanos).unwrap_or(0),
+    )
 }
 
 /// A wire timestamp as shown, or `none`.
@@ -356,7 +359,12 @@ impl AuditRow {
     /// The row of `event`.
     pub fn of(event: &v1::AuditEvent) -> Self {
         let action = v1::audit_event::Action::try_from(event.action)
-            .map(|action| action.as_str_name().trim_start_matches("ACTION_").to_owned())
+            .map(|action| {
+                action
+                    .as_str_name()
+                    .trim_start_matches("ACTION_")
+                    .to_owned()
+            })
             .unwrap_or_else(|_| "UNKNOWN".into());
         Self {
             time: show(event.event_time.as_ref(), "—"),

@@ -25,7 +25,10 @@ fn actions(current: &str) -> Vec<Choice> {
         selected: current.is_empty(),
     }];
     for action in Action::ALL {
-        let name = action.to_proto().as_str_name().trim_start_matches("ACTION_");
+        let name = action
+            .to_proto()
+            .as_str_name()
+            .trim_start_matches("ACTION_");
         list.push(Choice {
             value: name.to_owned(),
             label: name.replace('_', " ").to_lowercase(),
@@ -36,7 +39,11 @@ fn actions(current: &str) -> Vec<Choice> {
 }
 
 /// `GET /audit`: `action`, `token`, `since`, `until` (dates, UTC), `page`.
-pub async fn list<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx, pairs: Query) -> Response {
+pub async fn list<S: ApiTokenService>(
+    State(console): State<Shared<S>>,
+    ctx: Ctx,
+    pairs: Query,
+) -> Response {
     let Some(auth) = console.auth(&ctx) else {
         return reply::redirect("/sign-in");
     };
@@ -71,8 +78,12 @@ pub async fn list<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx
         }
         match chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
             Ok(date) => {
-                let time = date.and_time(chrono::NaiveTime::MIN).and_utc() + chrono::Duration::days(days);
-                conditions.push(format!("event_time {op} {}", time.format("%Y-%m-%dT%H:%M:%SZ")));
+                let time =
+                    date.and_time(chrono::NaiveTime::MIN).and_utc() + chrono::Duration::days(days);
+                conditions.push(format!(
+                    "event_time {op} {}",
+                    time.format("%Y-%m-%dT%H:%M:%SZ")
+                ));
             }
             Err(_) => problem = Some(ApiError::field(field, "is not a date (YYYY-MM-DD)")),
         }
@@ -88,7 +99,11 @@ pub async fn list<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx
             filter: conditions.join(" AND "),
         };
         let reply = match console.request(&auth, &ctx, request) {
-            Ok(request) => console.api().list_audit_events(request).await.map_err(ApiError::from),
+            Ok(request) => console
+                .api()
+                .list_audit_events(request)
+                .await
+                .map_err(ApiError::from),
             Err(error) => Err(error),
         };
         match reply {
@@ -105,7 +120,9 @@ pub async fn list<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx
                     ]));
                 }
             }
-            Err(error) if matches!(error.code, tonic::Code::InvalidArgument) => problem = Some(error),
+            Err(error) if matches!(error.code, tonic::Code::InvalidArgument) => {
+                problem = Some(error)
+            }
             Err(error) => return console.failure(&auth, layout, &error),
         }
     }

@@ -63,7 +63,13 @@ fn sign_in_page<S: ApiTokenService>(
         problem,
         note,
     };
-    let cookie = reply::set_cookie(SIGN_IN_COOKIE, &csrf, "/sign-in", 3600, console.config().tls);
+    let cookie = reply::set_cookie(
+        SIGN_IN_COOKIE,
+        &csrf,
+        "/sign-in",
+        3600,
+        console.config().tls,
+    );
     let mut response = reply::render(status, &page);
     response.headers_mut().append(header::SET_COOKIE, cookie);
     response
@@ -96,7 +102,12 @@ pub async fn sign_in<S: ApiTokenService>(
     form: Result<Form, FormRejection>,
 ) -> Response {
     let refuse = |problem: ApiError| {
-        sign_in_page(&console, problem.http_status(), Some(Problem::from(&problem)), None)
+        sign_in_page(
+            &console,
+            problem.http_status(),
+            Some(Problem::from(&problem)),
+            None,
+        )
     };
     let fields = match fields(form) {
         Ok(fields) => fields,
@@ -114,7 +125,10 @@ pub async fn sign_in<S: ApiTokenService>(
         return refuse(ApiError::field("token", "is required: paste an API token"));
     }
     if token.len() > MAX_TOKEN {
-        return refuse(ApiError::field("token", format!("is longer than {MAX_TOKEN} characters")));
+        return refuse(ApiError::field(
+            "token",
+            format!("is longer than {MAX_TOKEN} characters"),
+        ));
     }
     let token = Secret::new(token);
     let request = match api::request(
@@ -200,7 +214,11 @@ pub async fn whoami<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: C
     };
     let layout = auth.layout("Who am I", "whoami");
     let reply = match console.request(&auth, &ctx, v1::VerifyApiTokenRequest::default()) {
-        Ok(request) => console.api().verify_api_token(request).await.map_err(ApiError::from),
+        Ok(request) => console
+            .api()
+            .verify_api_token(request)
+            .await
+            .map_err(ApiError::from),
         Err(error) => Err(error),
     };
     let reply = match reply {
@@ -219,11 +237,24 @@ pub async fn whoami<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: C
         fact("Token", token.name.clone());
         fact("Name", token.display_name.clone());
         fact("Role", role_name(token.role));
-        fact("Created", format!("{} by {}", show(token.create_time.as_ref(), "—"), token.creator));
+        fact(
+            "Created",
+            format!(
+                "{} by {}",
+                show(token.create_time.as_ref(), "—"),
+                token.creator
+            ),
+        );
         fact("Expires", show(token.expire_time.as_ref(), "Never"));
-        fact("Rate limit", super::tokens::limit_text(token.limit.as_ref()));
+        fact(
+            "Rate limit",
+            super::tokens::limit_text(token.limit.as_ref()),
+        );
     }
-    fact("This secret expires", show(reply.secret_expire_time.as_ref(), "Never"));
+    fact(
+        "This secret expires",
+        show(reply.secret_expire_time.as_ref(), "Never"),
+    );
     fact(
         "Namespace rate limit",
         super::tokens::limit_text(reply.namespace_limit.as_ref()),

@@ -77,8 +77,14 @@ fn request(auth: &Auth, fields: &Fields) -> Result<v1::CreateApiTokenRequest, Ap
     let description = fields.get("description").trim();
     let mut violations = apitoken_domain::validate::Violations::default();
     violations.check(apitoken_domain::name::check_id("api_token_id", id));
-    violations.check(apitoken_domain::validate::display_name("display_name", display_name));
-    violations.check(apitoken_domain::validate::description("description", description));
+    violations.check(apitoken_domain::validate::display_name(
+        "display_name",
+        display_name,
+    ));
+    violations.check(apitoken_domain::validate::description(
+        "description",
+        description,
+    ));
     let role = Role::parse(fields.get("role"));
     if role.is_none() {
         violations.add("role", "choose viewer, editor or owner");
@@ -98,7 +104,10 @@ fn request(auth: &Auth, fields: &Fields) -> Result<v1::CreateApiTokenRequest, Ap
     match fields.get("expiry") {
         "never" => {}
         "custom" => {
-            token.expire_time = Some(tokens::parse_date("expire_date", fields.get("expire_date"))?);
+            token.expire_time = Some(tokens::parse_date(
+                "expire_date",
+                fields.get("expire_date"),
+            )?);
         }
         days => match days.parse::<i64>() {
             Ok(days @ (30 | 90 | 365)) => {
@@ -107,7 +116,12 @@ fn request(auth: &Auth, fields: &Fields) -> Result<v1::CreateApiTokenRequest, Ap
                     nanos: 0,
                 });
             }
-            _ => return Err(ApiError::field("expiry", "choose 30, 90 or 365 days, a date or never")),
+            _ => {
+                return Err(ApiError::field(
+                    "expiry",
+                    "choose 30, 90 or 365 days, a date or never",
+                ));
+            }
         },
     }
     Ok(v1::CreateApiTokenRequest {
@@ -163,7 +177,11 @@ pub async fn create<S: ApiTokenService>(
 }
 
 /// `GET /secret?token=<id>`: the new secret of `id`, once.
-pub async fn secret<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx, pairs: Query) -> Response {
+pub async fn secret<S: ApiTokenService>(
+    State(console): State<Shared<S>>,
+    ctx: Ctx,
+    pairs: Query,
+) -> Response {
     let Some(auth) = console.auth(&ctx) else {
         return reply::redirect("/sign-in");
     };

@@ -85,7 +85,12 @@ impl<S: ApiTokenService> Console<S> {
     }
 
     /// The request for `message` on behalf of `auth` from `ctx`'s client.
-    pub(crate) fn request<T>(&self, auth: &Auth, ctx: &Ctx, message: T) -> Result<Request<T>, ApiError> {
+    pub(crate) fn request<T>(
+        &self,
+        auth: &Auth,
+        ctx: &Ctx,
+        message: T,
+    ) -> Result<Request<T>, ApiError> {
         api::request(message, Some(&auth.token), &ctx.client)
     }
 
@@ -140,10 +145,15 @@ pub(crate) type Form = axum::Form<Vec<(String, String)>>;
 pub(crate) type Query = axum::extract::Query<Vec<(String, String)>>;
 
 /// The bounded fields of a form, or why not.
-pub(crate) fn fields(form: Result<Form, axum::extract::rejection::FormRejection>) -> Result<Fields, ApiError> {
+pub(crate) fn fields(
+    form: Result<Form, axum::extract::rejection::FormRejection>,
+) -> Result<Fields, ApiError> {
     match form {
         Ok(axum::Form(pairs)) => Fields::new(pairs),
-        Err(_) => Err(ApiError::field("form", "is not a well-formed form submission")),
+        Err(_) => Err(ApiError::field(
+            "form",
+            "is not a well-formed form submission",
+        )),
     }
 }
 

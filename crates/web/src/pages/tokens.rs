@@ -61,7 +61,11 @@ pub(crate) fn limit_text(limit: Option<&v1::RateLimit>) -> String {
 }
 
 /// `GET /tokens`: `role`, `state`, `unused`, `expiring`, `page`.
-pub async fn list<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx, pairs: Query) -> Response {
+pub async fn list<S: ApiTokenService>(
+    State(console): State<Shared<S>>,
+    ctx: Ctx,
+    pairs: Query,
+) -> Response {
     let Some(auth) = console.auth(&ctx) else {
         return reply::redirect("/sign-in");
     };
@@ -99,14 +103,22 @@ pub async fn list<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx
         ("expiring", if expiring { "1" } else { "" }),
     ];
     let reply = match console.request(&auth, &ctx, request) {
-        Ok(request) => console.api().list_api_tokens(request).await.map_err(ApiError::from),
+        Ok(request) => console
+            .api()
+            .list_api_tokens(request)
+            .await
+            .map_err(ApiError::from),
         Err(error) => Err(error),
     };
     let (rows, next, problem) = match reply {
         Ok(reply) => {
             let reply = reply.into_inner();
             let now = console.now();
-            let rows = reply.api_tokens.iter().map(|t| TokenRow::of(t, now)).collect();
+            let rows = reply
+                .api_tokens
+                .iter()
+                .map(|t| TokenRow::of(t, now))
+                .collect();
             let next = (!reply.next_page_token.is_empty()).then(|| {
                 let mut pairs = filters.to_vec();
                 pairs.push(("page", reply.next_page_token.as_str()));
@@ -157,7 +169,10 @@ async fn fetch<S: ApiTokenService>(
     id: &str,
 ) -> Result<v1::ApiToken, ApiError> {
     if !valid_id(id) {
-        return Err(ApiError::new(tonic::Code::NotFound, "There is no such token."));
+        return Err(ApiError::new(
+            tonic::Code::NotFound,
+            "There is no such token.",
+        ));
     }
     let request = console.request(
         auth,
@@ -183,14 +198,32 @@ fn facts(token: &v1::ApiToken) -> Vec<Fact> {
     fact("Name", token.display_name.clone());
     fact("Description", token.description.clone());
     fact("Role", role_name(token.role));
-    let labels: Vec<String> = token.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let labels: Vec<String> = token
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     fact("Labels", labels.join(", "));
-    fact("Created", format!("{} by {}", show(token.create_time.as_ref(), "—"), token.creator));
+    fact(
+        "Created",
+        format!(
+            "{} by {}",
+            show(token.create_time.as_ref(), "—"),
+            token.creator
+        ),
+    );
     fact("Updated", show(token.update_time.as_ref(), "—"));
     fact("Expires", show(token.expire_time.as_ref(), "Never"));
     fact("Status", crate::views::status_badge(token.state).text);
     if token.revoke_time.is_some() {
-        fact("Revoked", format!("{} by {}", show(token.revoke_time.as_ref(), "—"), token.revoker));
+        fact(
+            "Revoked",
+            format!(
+                "{} by {}",
+                show(token.revoke_time.as_ref(), "—"),
+                token.revoker
+            ),
+        );
     }
     fact("Secret hint", token.secret_hint.clone());
     let from = if token.last_use_ip.is_empty() {
@@ -198,7 +231,10 @@ fn facts(token: &v1::ApiToken) -> Vec<Fact> {
     } else {
         format!(" from {}", token.last_use_ip)
     };
-    fact("Last used", format!("{}{from}", show(token.last_use_time.as_ref(), "Never")));
+    fact(
+        "Last used",
+        format!("{}{from}", show(token.last_use_time.as_ref(), "Never")),
+    );
     fact("Uses", token.use_count.to_string());
     fact("Rate limit", limit_text(token.limit.as_ref()));
     if token.previous_secret_expire_time.is_some() {
@@ -207,7 +243,10 @@ fn facts(token: &v1::ApiToken) -> Vec<Fact> {
             show(token.previous_secret_expire_time.as_ref(), "—"),
         );
     }
-    fact("Interceptor token", if token.interceptor { "Yes" } else { "No" }.into());
+    fact(
+        "Interceptor token",
+        if token.interceptor { "Yes" } else { "No" }.into(),
+    );
     fact("Etag", token.etag.clone());
     facts
 }
@@ -315,7 +354,9 @@ pub(crate) fn parse_labels(field: &str, text: &str) -> Result<BTreeMap<String, S
     }
     let mut violations = apitoken_domain::validate::Violations::default();
     apitoken_domain::validate::labels(field, &labels, &mut violations);
-    violations.finish().map_err(|error| ApiError::from(tonic::Status::from(error)))?;
+    violations
+        .finish()
+        .map_err(|error| ApiError::from(tonic::Status::from(error)))?;
     Ok(labels)
 }
 
@@ -341,9 +382,17 @@ fn changes(token: &v1::ApiToken, fields: &Fields) -> Result<(v1::ApiToken, Vec<S
     let display_name = fields.get("display_name").trim();
     let description = fields.get("description").trim();
     let mut violations = apitoken_domain::validate::Violations::default();
-    violations.check(apitoken_domain::validate::display_name("display_name", display_name));
-    violations.check(apitoken_domain::validate::description("description", description));
-    violations.finish().map_err(|error| ApiError::from(tonic::Status::from(error)))?;
+    violations.check(apitoken_domain::validate::display_name(
+        "display_name",
+        display_name,
+    ));
+    violations.check(apitoken_domain::validate::description(
+        "description",
+        description,
+    ));
+    violations
+        .finish()
+        .map_err(|error| ApiError::from(tonic::Status::from(error)))?;
     if display_name != token.display_name {
         update.display_name = display_name.to_owned();
         mask.push("display_name".to_owned());
@@ -397,7 +446,11 @@ pub async fn update<S: ApiTokenService>(
                 update_mask: Some(prost_types::FieldMask { paths: mask }),
             };
             match console.request(&auth, &ctx, request) {
-                Ok(request) => console.api().update_api_token(request).await.map_err(ApiError::from),
+                Ok(request) => console
+                    .api()
+                    .update_api_token(request)
+                    .await
+                    .map_err(ApiError::from),
                 Err(error) => Err(error),
             }
         }
@@ -405,8 +458,18 @@ pub async fn update<S: ApiTokenService>(
     };
     match result {
         Ok(_) => reply::redirect(&format!("/tokens/{id}?done=updated")),
-        Err(error) if error.code == tonic::Code::InvalidArgument || error.code == tonic::Code::Aborted => {
-            token_page(&console, &auth, &ctx, &id, Some(Problem::from(&error)), None).await
+        Err(error)
+            if error.code == tonic::Code::InvalidArgument || error.code == tonic::Code::Aborted =>
+        {
+            token_page(
+                &console,
+                &auth,
+                &ctx,
+                &id,
+                Some(Problem::from(&error)),
+                None,
+            )
+            .await
         }
         Err(error) => console.failure(&auth, layout, &error),
     }
@@ -425,13 +488,24 @@ pub async fn regenerate<S: ApiTokenService>(
     };
     let layout = auth.layout(id.as_str(), "tokens");
     if !valid_id(&id) {
-        return reply::api_error_page(layout, &ApiError::new(tonic::Code::NotFound, "There is no such token."));
+        return reply::api_error_page(
+            layout,
+            &ApiError::new(tonic::Code::NotFound, "There is no such token."),
+        );
     }
     let grace = match fields.get("grace").parse::<i64>() {
         Ok(seconds) if (0..=MAX_GRACE_SECONDS).contains(&seconds) => seconds,
         _ => {
             let error = ApiError::field("grace", "must be a number of seconds up to 7 days");
-            return token_page(&console, &auth, &ctx, &id, Some(Problem::from(&error)), None).await;
+            return token_page(
+                &console,
+                &auth,
+                &ctx,
+                &id,
+                Some(Problem::from(&error)),
+                None,
+            )
+            .await;
         }
     };
     let request = v1::RegenerateApiTokenRequest {
@@ -443,7 +517,11 @@ pub async fn regenerate<S: ApiTokenService>(
         end_grace_on_first_use: fields.checked("end_on_use"),
     };
     let result = match console.request(&auth, &ctx, request) {
-        Ok(request) => console.api().regenerate_api_token(request).await.map_err(ApiError::from),
+        Ok(request) => console
+            .api()
+            .regenerate_api_token(request)
+            .await
+            .map_err(ApiError::from),
         Err(error) => Err(error),
     };
     match result {
@@ -453,7 +531,15 @@ pub async fn regenerate<S: ApiTokenService>(
             reply::redirect(&format!("/secret?token={id}"))
         }
         Err(error) if error.code == tonic::Code::InvalidArgument => {
-            token_page(&console, &auth, &ctx, &id, Some(Problem::from(&error)), None).await
+            token_page(
+                &console,
+                &auth,
+                &ctx,
+                &id,
+                Some(Problem::from(&error)),
+                None,
+            )
+            .await
         }
         Err(error) => console.failure(&auth, layout, &error),
     }
@@ -526,7 +612,11 @@ pub async fn revoke<S: ApiTokenService>(
         name: auth.token_name(&id),
     };
     let result = match console.request(&auth, &ctx, request) {
-        Ok(request) => console.api().revoke_api_token(request).await.map_err(ApiError::from),
+        Ok(request) => console
+            .api()
+            .revoke_api_token(request)
+            .await
+            .map_err(ApiError::from),
         Err(error) => Err(error),
     };
     match result {
