@@ -196,7 +196,7 @@ pub async fn sign_out<S: ApiTokenService>(
 ) -> Response {
     let (auth, _) = match console.check_form(&ctx, fields(form), false) {
         Ok(checked) => checked,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     console.sessions().end(&auth.session);
     let mut response = reply::redirect("/sign-in?signed_out=1");

@@ -140,7 +140,7 @@ pub async fn create<S: ApiTokenService>(
 ) -> Response {
     let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
         Ok(checked) => checked,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let kept: BTreeMap<String, String> = FORM_FIELDS
         .iter()

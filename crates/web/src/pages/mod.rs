@@ -112,24 +112,25 @@ impl<S: ApiTokenService> Console<S> {
         ctx: &Ctx,
         fields: Result<Fields, ApiError>,
         owner: bool,
-    ) -> Result<(Auth, Fields), Response> {
+    ) -> Result<(Auth, Fields), Box<Response>> {
         let anonymous = Layout {
             title: String::new(),
             nav: None,
         };
         if ctx.cross_site {
-            return Err(reply::forbidden_csrf(anonymous));
+            return Err(Box::new(reply::forbidden_csrf(anonymous)));
         }
         let Some(auth) = self.auth(ctx) else {
-            return Err(reply::redirect("/sign-in?ended=1"));
+            return Err(Box::new(reply::redirect("/sign-in?ended=1")));
         };
         let layout = auth.layout("", "tokens");
-        let fields = fields.map_err(|error| reply::api_error_page(layout.clone(), &error))?;
+        let fields =
+            fields.map_err(|error| Box::new(reply::api_error_page(layout.clone(), &error)))?;
         if !same(fields.get("csrf"), &auth.csrf) {
-            return Err(reply::forbidden_csrf(layout));
+            return Err(Box::new(reply::forbidden_csrf(layout)));
         }
         if owner && !auth.owner() {
-            return Err(reply::forbidden_role(layout));
+            return Err(Box::new(reply::forbidden_role(layout)));
         }
         Ok((auth, fields))
     }

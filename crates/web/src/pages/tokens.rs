@@ -407,11 +407,11 @@ fn changes(token: &v1::ApiToken, fields: &Fields) -> Result<(v1::ApiToken, Vec<S
         update.labels = labels.into_iter().collect();
         mask.push("labels".to_owned());
     }
-    if let Some(role) = Role::parse(fields.get("role")) {
-        if role.to_proto() as i32 != token.role {
-            update.role = role.to_proto().into();
-            mask.push("role".to_owned());
-        }
+    if let Some(role) = Role::parse(fields.get("role"))
+        && role.to_proto() as i32 != token.role
+    {
+        update.role = role.to_proto().into();
+        mask.push("role".to_owned());
     }
     if !fields.get("expire_date").trim().is_empty() {
         update.expire_time = Some(parse_date("expire_date", fields.get("expire_date"))?);
@@ -429,7 +429,7 @@ pub async fn update<S: ApiTokenService>(
 ) -> Response {
     let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
         Ok(checked) => checked,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let layout = auth.layout(id.as_str(), "tokens");
     let token = match fetch(&console, &auth, &ctx, &id).await {
@@ -484,7 +484,7 @@ pub async fn regenerate<S: ApiTokenService>(
 ) -> Response {
     let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
         Ok(checked) => checked,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let layout = auth.layout(id.as_str(), "tokens");
     if !valid_id(&id) {
@@ -598,7 +598,7 @@ pub async fn revoke<S: ApiTokenService>(
 ) -> Response {
     let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
         Ok(checked) => checked,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let layout = auth.layout(id.as_str(), "tokens");
     if !valid_id(&id) {
