@@ -48,7 +48,7 @@ log="$dir/server.log"
 pid=$!
 APITOKEN_WEB=""
 for _ in $(seq 1 200); do
-  APITOKEN_WEB="$(sed -n 's/.*web_address=\([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)"
+  APITOKEN_WEB="$(sed -n 's/.*console=\([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)"
   [ -n "$APITOKEN_WEB" ] && break
   kill -0 "$pid" 2>/dev/null || break
   sleep 0.05

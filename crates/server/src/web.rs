@@ -68,7 +68,7 @@ pub async fn bind(listen: WebListen) -> Result<Option<TcpListener>, String> {
         WebListen::Default(address) => match TcpListener::bind(address).await {
             Ok(listener) => Ok(Some(listener)),
             Err(error) => {
-                warn!(%address, %error, "web console off: cannot listen on its default address (set --web-listen)");
+                warn!(console = %address, %error, "web console off: cannot listen on its default address (set --web-listen)");
                 Ok(None)
             }
         },
@@ -93,10 +93,10 @@ pub fn spawn(
     };
     let router = Console::new(service, clock, config).router();
     let local = listener.local_addr().ok();
-    // `web_address`, not `address`: scripts read the gRPC address from the
-    // first `address=` of the log.
+    // `console=`, never `address=`: scripts and tests read the gRPC
+    // address from the first `address=` of the log.
     if let Some(address) = local {
-        info!(web_address = %address, tls = tls.is_some(), "serving the web console");
+        info!(console = %address, tls = tls.is_some(), "serving the web console");
     }
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
