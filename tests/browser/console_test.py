@@ -13,11 +13,10 @@ import sys
 import traceback
 
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException
+from selenium.common.exceptions import NoSuchElementException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 WEB = os.environ["APITOKEN_WEB"]
@@ -63,7 +62,17 @@ def go(driver, element, keys=None):
         element.click()
     else:
         element.send_keys(keys)
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old))
+
+    def replaced(_):
+        # Chromium reports a replaced page as "stale" or as a node that
+        # "does not belong to the document": either means the next page.
+        try:
+            old.is_enabled()
+            return False
+        except WebDriverException:
+            return True
+
+    WebDriverWait(driver, 10).until(replaced)
 
 
 def sign_in(driver, token):
