@@ -246,10 +246,7 @@ pub async fn whoami<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: C
             ),
         );
         fact("Expires", show(token.expire_time.as_ref(), "Never"));
-        fact(
-            "Rate limit",
-            super::tokens::limit_text(token.limit.as_ref()),
-        );
+        fact("Rate limit", super::forms::limit_text(token.limit.as_ref()));
     }
     fact(
         "This secret expires",
@@ -257,7 +254,7 @@ pub async fn whoami<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: C
     );
     fact(
         "Namespace rate limit",
-        super::tokens::limit_text(reply.namespace_limit.as_ref()),
+        super::forms::limit_text(reply.namespace_limit.as_ref()),
     );
     reply::render(
         StatusCode::OK,

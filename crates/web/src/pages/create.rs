@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::{extract::rejection::FormRejection, response::Response};
 use http::StatusCode;
 
-use super::{Auth, Form, Query, Shared, fields, query, tokens, valid_id};
+use super::{Auth, Form, Query, Shared, fields, forms, query, tokens, valid_id};
 use crate::{
     api::ApiError,
     reply::{self, Ctx, Fields},
@@ -45,7 +45,7 @@ fn page(auth: &Auth, form: BTreeMap<String, String>, problem: Option<Problem>) -
     let options: Vec<(&str, &str)> = Role::ALL
         .iter()
         .filter(|role| **role <= own)
-        .map(|role| (role.as_str(), tokens::role_label(*role)))
+        .map(|role| (role.as_str(), forms::role_label(*role)))
         .collect();
     let role = form.get("role").map_or("viewer", String::as_str);
     let expiry = form.get("expiry").map_or("90", String::as_str);
@@ -92,7 +92,7 @@ fn request(auth: &Auth, fields: &Fields) -> Result<v1::CreateApiTokenRequest, Ap
     violations
         .finish()
         .map_err(|error| ApiError::from(tonic::Status::from(error)))?;
-    let labels = tokens::parse_labels("labels", fields.get("labels"))?;
+    let labels = forms::parse_labels("labels", fields.get("labels"))?;
     let mut token = v1::ApiToken {
         display_name: display_name.to_owned(),
         description: description.to_owned(),
@@ -104,10 +104,7 @@ fn request(auth: &Auth, fields: &Fields) -> Result<v1::CreateApiTokenRequest, Ap
     match fields.get("expiry") {
         "never" => {}
         "custom" => {
-            token.expire_time = Some(tokens::parse_date(
-                "expire_date",
-                fields.get("expire_date"),
-            )?);
+            token.expire_time = Some(forms::parse_date("expire_date", fields.get("expire_date"))?);
         }
         days => match days.parse::<i64>() {
             Ok(days @ (30 | 90 | 365)) => {

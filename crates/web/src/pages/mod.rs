@@ -6,10 +6,12 @@
 //! - [`tokens`]: the token list, a token's page, update, regenerate, revoke.
 //! - [`create`]: the create form and the page that shows a secret once.
 //! - [`audit`]: the audit log.
+//! - `forms`: labels, dates, limits and roles shared by the forms.
 
 pub mod audit;
 pub mod auth;
 pub mod create;
+mod forms;
 pub mod tokens;
 
 use std::sync::Arc;

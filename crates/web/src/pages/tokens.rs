@@ -14,7 +14,11 @@ use axum::{
 };
 use http::StatusCode;
 
-use super::{Auth, Form, Query, Shared, encode, fields, query, valid_id};
+use super::{
+    Auth, Form, Query, Shared, encode, fields,
+    forms::{limit_text, parse_date, parse_labels, role_label},
+    query, valid_id,
+};
 use crate::{
     api::ApiError,
     reply::{self, Ctx, Fields},
@@ -42,23 +46,6 @@ const STATE_CHOICES: [(&str, &str); 4] = [
     ("expired", "Expired"),
     ("revoked", "Revoked"),
 ];
-
-/// A rate limit in words.
-pub(crate) fn limit_text(limit: Option<&v1::RateLimit>) -> String {
-    let Some(limit) = limit else {
-        return "—".into();
-    };
-    if limit.unlimited {
-        return "Unlimited".into();
-    }
-    let window = match v1::rate_limit::Window::try_from(limit.window) {
-        Ok(v1::rate_limit::Window::Second) => "second",
-        Ok(v1::rate_limit::Window::Minute) => "minute",
-        Ok(v1::rate_limit::Window::Hour) => "hour",
-        _ => return "—".into(),
-    };
-    format!("{} requests a {window}", limit.requests)
-}
 
 /// `GET /tokens`: `role`, `state`, `unused`, `expiring`, `page`.
 pub async fn list<S: ApiTokenService>(
@@ -262,15 +249,6 @@ fn lower_roles(current: i32) -> Vec<crate::views::Choice> {
     choices(&options, current.as_str())
 }
 
-/// A role's label.
-pub(crate) fn role_label(role: Role) -> &'static str {
-    match role {
-        Role::Viewer => "Viewer",
-        Role::Editor => "Editor",
-        Role::Owner => "Owner",
-    }
-}
-
 /// The token page of `id`, with an optional problem or note.
 async fn token_page<S: ApiTokenService>(
     console: &crate::Console<S>,
@@ -331,44 +309,6 @@ pub async fn detail<S: ApiTokenService>(
         _ => None,
     };
     token_page(&console, &auth, &ctx, &id, None, note).await
-}
-
-/// `key=value` lines as labels (checked by `apitoken_domain::validate`).
-pub(crate) fn parse_labels(field: &str, text: &str) -> Result<BTreeMap<String, String>, ApiError> {
-    let mut labels = BTreeMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(ApiError::field(
-                field,
-                format!("line {} is not key=value", number + 1),
-            ));
-        };
-        labels.insert(key.trim().to_owned(), value.trim().to_owned());
-        if labels.len() > apitoken_domain::validate::MAX_LABELS {
-            break;
-        }
-    }
-    let mut violations = apitoken_domain::validate::Violations::default();
-    apitoken_domain::validate::labels(field, &labels, &mut violations);
-    violations
-        .finish()
-        .map_err(|error| ApiError::from(tonic::Status::from(error)))?;
-    Ok(labels)
-}
-
-/// A `YYYY-MM-DD` date (UTC midnight) as a timestamp.
-pub(crate) fn parse_date(field: &str, text: &str) -> Result<prost_types::Timestamp, ApiError> {
-    let date = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-        .map_err(|_| ApiError::field(field, "is not a date (YYYY-MM-DD)"))?;
-    let time = date.and_time(chrono::NaiveTime::MIN).and_utc();
-    Ok(prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: 0,
-    })
 }
 
 /// The update of `fields` against the current `token`.
