@@ -85,6 +85,8 @@ pub struct AppConfig {
     /// Envoy's external authorization (`--ext-authz-policy`), or `None`:
     /// `Check` is not served.
     pub ext_authz: Option<crate::ext_authz::ExtAuthzConfig>,
+    /// The web console's listener (`--web-listen`; off by default here).
+    pub web: crate::web::WebListen,
 }
 
 /// Where metrics are served.
@@ -126,6 +128,7 @@ impl AppConfig {
             metrics: MetricsConfig::default(),
             redis: None,
             ext_authz: None,
+            web: crate::web::WebListen::Off,
         }
     }
 }
@@ -174,6 +177,7 @@ pub struct App {
     /// The ext_authz port of its own, bound at build.
     ext_authz_listener: Option<TcpListener>,
     config: AppConfig,
+    web_listener: Option<TcpListener>,
 }
 
 impl App {
@@ -236,6 +240,7 @@ impl App {
             usage,
             requests: RequestCounter::new(crate::metrics::served_methods()),
             config,
+            web_listener: None,
         })
     }
 
@@ -282,6 +287,12 @@ impl App {
     /// enforces local limits.
     pub fn redis_fallback(&self) -> bool {
         self.limiter.state().fallback()
+    }
+
+    /// Serves the web console on `listener` (instead of `config.web`).
+    pub fn with_web_listener(mut self, listener: TcpListener) -> Self {
+        self.web_listener = Some(listener);
+        self
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains in-flight
@@ -390,6 +401,26 @@ impl App {
             events,
             policy,
         );
+        let web_listener = match self.web_listener {
+            Some(listener) => Some(listener),
+            None => crate::web::bind(self.config.web)
+                .await
+                .map_err(StartError::Config)?,
+        };
+        if let Some(Ok(address)) = web_listener.as_ref().map(TcpListener::local_addr) {
+            transport_config
+                .check_listener(address)
+                .map_err(StartError::Config)?;
+        }
+        let web = web_listener.map(|listener| {
+            crate::web::spawn(
+                listener,
+                service.clone(),
+                Arc::clone(&self.clock),
+                tls.clone(),
+                stopping.clone(),
+            )
+        });
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let max_request = transport_config.max_request_size;
@@ -562,6 +593,9 @@ impl App {
         lifecycle.abort();
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
+        }
+        if let Some(web) = web {
+            web.abort();
         }
         info!("stopped");
         Ok(result?)

@@ -225,6 +225,11 @@ pub struct ServeArgs {
     /// largest); the rest are summed under `_other`.
     #[arg(long, env = "APITOKEN_METRICS_MAX_NAMESPACES", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_max_namespaces: u64,
+    /// Serve the web console (sign in with a token) on this address, or
+    /// `off`. Default: 127.0.0.1:50053 when free. Plaintext only on
+    /// loopback unless --plaintext; TLS with --tls-cert.
+    #[arg(long, env = "APITOKEN_WEB_LISTEN", value_parser = crate::web::parse_web_listen)]
+    pub web_listen: Option<crate::web::WebListen>,
 }
 
 /// TLS and the limits of connections.

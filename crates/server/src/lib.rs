@@ -24,6 +24,7 @@
 //! - [`transport`]: the connections: accept loop, TCP_NODELAY, connection
 //!   cap, handshake and idle timeouts, HTTP/2 limits, plaintext policy.
 //! - [`tls`]: TLS and mutual TLS from PEM files, reloaded without restart.
+//! - [`web`]: the web console's listener (`--web-listen`, `apitoken-web`).
 //!
 //! Errors are `apitoken_domain::Error` throughout and become `tonic::Status`
 //! only through `apitoken_domain::status`.
@@ -49,5 +50,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod transport;
 pub mod usage;
+pub mod web;
 
 pub use app::{App, AppConfig};

@@ -126,6 +126,9 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             listen: args.metrics_listen,
             max_namespaces: usize::try_from(args.metrics_max_namespaces).unwrap_or(usize::MAX),
         },
+        web: args
+            .web_listen
+            .unwrap_or_else(apitoken_server::web::default_web_listen),
     };
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::build(config, clock).await?;

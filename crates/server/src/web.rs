@@ -1,0 +1,161 @@
+//! The web console's listener (`--web-listen`): the `apitoken-web` pages
+//! over this server's own [`ApiTokenService`], on a port of their own.
+//!
+//! On by default on `127.0.0.1:50053`; `--web-listen off` turns it off.
+//! The default address is best effort (a second server on the machine
+//! starts without a console and says so); an address given explicitly
+//! must be bound or the server does not start. Plaintext only on loopback
+//! unless `--plaintext`, as for gRPC; under `--tls-cert` the console
+//! serves TLS with the same certificate (reloaded with it) and its cookies
+//! are `Secure`. At most [`MAX_CONNECTIONS`] connections, each with a TLS
+//! handshake bound of [`HANDSHAKE_TIMEOUT`]; stops with the server.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use apitoken_domain::clock::SharedClock;
+use apitoken_web::{Connection, Console, WebConfig};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::{service::ApiTokenService, tls::TlsReloader};
+
+/// The default address of the console.
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:50053";
+/// Most console connections at once (more wait in the kernel's backlog).
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the console listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebListen {
+    /// Not at all.
+    #[default]
+    Off,
+    /// On the default address, if it is free.
+    Default(SocketAddr),
+    /// On this address, or the server does not start.
+    Explicit(SocketAddr),
+}
+
+/// Parses `--web-listen`: `off` or an address.
+pub fn parse_web_listen(text: &str) -> Result<WebListen, String> {
+    match text.trim() {
+        "off" | "none" | "" => Ok(WebListen::Off),
+        address => address.parse().map(WebListen::Explicit).map_err(|_| {
+            format!("{address:?} is not an address such as 127.0.0.1:50053, nor `off`")
+        }),
+    }
+}
+
+/// The default `--web-listen`.
+pub fn default_web_listen() -> WebListen {
+    DEFAULT_WEB_LISTEN
+        .parse()
+        .map(WebListen::Default)
+        .unwrap_or(WebListen::Off)
+}
+
+/// Binds the console's listener as `listen` says: `Ok(None)` when off, or
+/// when the default address is taken.
+pub async fn bind(listen: WebListen) -> Result<Option<TcpListener>, String> {
+    match listen {
+        WebListen::Off => Ok(None),
+        WebListen::Default(address) => match TcpListener::bind(address).await {
+            Ok(listener) => Ok(Some(listener)),
+            Err(error) => {
+                warn!(console = %address, %error, "web console off: cannot listen on its default address (set --web-listen)");
+                Ok(None)
+            }
+        },
+        WebListen::Explicit(address) => TcpListener::bind(address)
+            .await
+            .map(Some)
+            .map_err(|err| format!("cannot listen on {address} (--web-listen): {err}")),
+    }
+}
+
+/// Serves the console for `service` on `listener` until `stopping`.
+pub fn spawn(
+    listener: TcpListener,
+    service: ApiTokenService,
+    clock: SharedClock,
+    tls: Option<Arc<TlsReloader>>,
+    mut stopping: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let config = WebConfig {
+        tls: tls.is_some(),
+        ..WebConfig::default()
+    };
+    let router = Console::new(service, clock, config).router();
+    let local = listener.local_addr().ok();
+    // `console=`, never `address=`: scripts and tests read the gRPC
+    // address from the first `address=` of the log.
+    if let Some(address) = local {
+        info!(console = %address, tls = tls.is_some(), "serving the web console");
+    }
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stopping.changed() => return,
+            };
+            let (stream, remote) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "web console: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = Connection { remote, local };
+            let router = router.clone();
+            let tls = tls.as_ref().map(|tls| tls.acceptor());
+            let mut stop = stopping.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let serving = async move {
+                    match tls {
+                        None => apitoken_web::serve_connection(stream, connection, router).await,
+                        Some(acceptor) => {
+                            let handshake =
+                                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                            if let Ok(Ok(stream)) = handshake.await {
+                                apitoken_web::serve_connection(stream, connection, router).await;
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = serving => {}
+                    _ = stop.changed() => {}
+                }
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_flag() {
+        assert_eq!(parse_web_listen("off"), Ok(WebListen::Off));
+        assert!(matches!(
+            parse_web_listen("127.0.0.1:8080"),
+            Ok(WebListen::Explicit(_))
+        ));
+        assert!(parse_web_listen("localhost").is_err());
+        assert!(matches!(default_web_listen(), WebListen::Default(_)));
+    }
+}

@@ -1,0 +1,122 @@
+//! The web console of apitoken: "Settings > API tokens" for namespace
+//! owners, served by `apitoken-server` on a listener of its own.
+//!
+//! Pages are rendered on the server (askama templates, escaped
+//! automatically) and work without JavaScript; one small embedded script
+//! adds the copy button of a new secret. Every page calls the same
+//! `ApiTokenService` implementation as the gRPC API, in-process, with the
+//! signed-in token as bearer token ([`api`]), so authentication,
+//! authorization, validation, rate limits and audit are the API's own.
+//!
+//! - [`session`]: server-side sessions (random 256-bit ids, idle and
+//!   absolute expiry, bounded), CSRF tokens.
+//! - [`api`]: the `tonic::Request` of a web request; API errors in words.
+//! - [`reply`]: request context, cookies, form fields, responses and the
+//!   security headers of every response.
+//! - [`views`]: the templates and what they show.
+//! - [`pages`]: the handlers.
+//! - [`serve`]: one HTTP/1.1 or HTTP/2 connection.
+
+pub mod api;
+pub mod pages;
+pub mod reply;
+pub mod serve;
+pub mod session;
+pub mod views;
+
+use std::sync::Arc;
+
+use apitoken_domain::clock::SharedClock;
+use apitoken_proto::v1::api_token_service_server::ApiTokenService;
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
+
+pub use serve::{Connection, serve_connection};
+pub use session::{SessionConfig, SessionStore};
+
+/// Largest request body accepted (a form is far smaller).
+pub const MAX_BODY: usize = 32 * 1024;
+
+/// Settings of the console.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WebConfig {
+    /// The console is served over TLS: cookies get `Secure`.
+    pub tls: bool,
+    /// Session limits.
+    pub sessions: SessionConfig,
+}
+
+/// The console over `S`, the service layer of the gRPC API.
+#[derive(Debug)]
+pub struct Console<S> {
+    api: S,
+    sessions: SessionStore,
+    config: WebConfig,
+    clock: SharedClock,
+}
+
+impl<S: ApiTokenService> Console<S> {
+    /// The console calling `api`, with `clock` for badges and expiry
+    /// choices.
+    pub fn new(api: S, clock: SharedClock, config: WebConfig) -> Arc<Self> {
+        Arc::new(Self {
+            api,
+            sessions: SessionStore::new(config.sessions),
+            config,
+            clock,
+        })
+    }
+
+    /// The sessions.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.sessions
+    }
+
+    /// The service layer.
+    pub(crate) fn api(&self) -> &S {
+        &self.api
+    }
+
+    /// The settings.
+    pub(crate) fn config(&self) -> &WebConfig {
+        &self.config
+    }
+
+    /// Now, on the server's clock.
+    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    /// Every route of the console.
+    pub fn router(self: &Arc<Self>) -> Router {
+        use pages::{audit, auth, create, tokens};
+        Router::new()
+            .route("/", get(auth::home::<S>))
+            .route(
+                "/sign-in",
+                get(auth::sign_in_form::<S>).post(auth::sign_in::<S>),
+            )
+            .route("/sign-out", post(auth::sign_out::<S>))
+            .route("/whoami", get(auth::whoami::<S>))
+            .route("/tokens", get(tokens::list::<S>).post(create::create::<S>))
+            .route("/tokens/new", get(create::form::<S>))
+            .route("/secret", get(create::secret::<S>))
+            .route("/tokens/{id}", get(tokens::detail::<S>))
+            .route("/tokens/{id}/update", post(tokens::update::<S>))
+            .route("/tokens/{id}/regenerate", post(tokens::regenerate::<S>))
+            .route(
+                "/tokens/{id}/revoke",
+                get(tokens::revoke_form::<S>).post(tokens::revoke::<S>),
+            )
+            .route("/audit", get(audit::list::<S>))
+            .route("/static/console.css", get(reply::stylesheet))
+            .route("/static/console.js", get(reply::script))
+            .fallback(reply::not_found)
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(axum::middleware::map_response(reply::security_headers))
+            .with_state(Arc::clone(self))
+    }
+}

@@ -1,0 +1,208 @@
+//! The create form (id, name, description, role up to the signed-in
+//! token's own, expiry 30/90/365 days, a custom date or never, labels) and
+//! the page that shows a new secret exactly once.
+//!
+//! After `CreateApiToken` or `RegenerateApiToken` the secret is kept in
+//! the session for one `GET /secret` (post/redirect/get), which takes it
+//! out: reloading that page shows that it is gone.
+
+use std::collections::BTreeMap;
+
+use apitoken_domain::Role;
+use apitoken_proto::v1::{self, api_token_service_server::ApiTokenService};
+use axum::extract::State;
+use axum::{extract::rejection::FormRejection, response::Response};
+use http::StatusCode;
+
+use super::{Auth, Form, Query, Shared, fields, forms, query, tokens, valid_id};
+use crate::{
+    api::ApiError,
+    reply::{self, Ctx, Fields},
+    views::{CreatePage, Problem, SecretPage, choices},
+};
+
+const EXPIRY_CHOICES: [(&str, &str); 5] = [
+    ("30", "30 days"),
+    ("90", "90 days"),
+    ("365", "1 year"),
+    ("custom", "Custom date"),
+    ("never", "Never"),
+];
+
+/// The names of the form's fields kept when it is shown again.
+const FORM_FIELDS: [&str; 7] = [
+    "api_token_id",
+    "display_name",
+    "description",
+    "role",
+    "expiry",
+    "expire_date",
+    "labels",
+];
+
+fn page(auth: &Auth, form: BTreeMap<String, String>, problem: Option<Problem>) -> CreatePage {
+    let own = auth.identity.role;
+    let options: Vec<(&str, &str)> = Role::ALL
+        .iter()
+        .filter(|role| **role <= own)
+        .map(|role| (role.as_str(), forms::role_label(*role)))
+        .collect();
+    let role = form.get("role").map_or("viewer", String::as_str);
+    let expiry = form.get("expiry").map_or("90", String::as_str);
+    CreatePage {
+        layout: auth.layout("Create token", "tokens"),
+        roles: choices(&options, role),
+        expiries: choices(&EXPIRY_CHOICES, expiry),
+        form,
+        problem,
+    }
+}
+
+/// `GET /tokens/new`.
+pub async fn form<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx) -> Response {
+    let Some(auth) = console.auth(&ctx) else {
+        return reply::redirect("/sign-in");
+    };
+    if !auth.owner() {
+        return reply::forbidden_role(auth.layout("Create token", "tokens"));
+    }
+    reply::render(StatusCode::OK, &page(&auth, BTreeMap::new(), None))
+}
+
+/// The `CreateApiTokenRequest` of `fields`, checked as far as the console
+/// can (the service checks everything again).
+fn request(auth: &Auth, fields: &Fields) -> Result<v1::CreateApiTokenRequest, ApiError> {
+    let id = fields.get("api_token_id").trim();
+    let display_name = fields.get("display_name").trim();
+    let description = fields.get("description").trim();
+    let mut violations = apitoken_domain::validate::Violations::default();
+    violations.check(apitoken_domain::name::check_id("api_token_id", id));
+    violations.check(apitoken_domain::validate::display_name(
+        "display_name",
+        display_name,
+    ));
+    violations.check(apitoken_domain::validate::description(
+        "description",
+        description,
+    ));
+    let role = Role::parse(fields.get("role"));
+    if role.is_none() {
+        violations.add("role", "choose viewer, editor or owner");
+    }
+    violations
+        .finish()
+        .map_err(|error| ApiError::from(tonic::Status::from(error)))?;
+    let labels = forms::parse_labels("labels", fields.get("labels"))?;
+    let mut token = v1::ApiToken {
+        display_name: display_name.to_owned(),
+        description: description.to_owned(),
+        role: role.map_or(v1::Role::Unspecified, Role::to_proto).into(),
+        labels: labels.into_iter().collect(),
+        ..v1::ApiToken::default()
+    };
+    let mut ttl = None;
+    match fields.get("expiry") {
+        "never" => {}
+        "custom" => {
+            token.expire_time = Some(forms::parse_date("expire_date", fields.get("expire_date"))?);
+        }
+        days => match days.parse::<i64>() {
+            Ok(days @ (30 | 90 | 365)) => {
+                ttl = Some(prost_types::Duration {
+                    seconds: days * 86_400,
+                    nanos: 0,
+                });
+            }
+            _ => {
+                return Err(ApiError::field(
+                    "expiry",
+                    "choose 30, 90 or 365 days, a date or never",
+                ));
+            }
+        },
+    }
+    Ok(v1::CreateApiTokenRequest {
+        parent: auth.parent(),
+        api_token_id: id.to_owned(),
+        api_token: Some(token),
+        ttl,
+    })
+}
+
+/// `POST /tokens`: creates the token and shows its secret once.
+pub async fn create<S: ApiTokenService>(
+    State(console): State<Shared<S>>,
+    ctx: Ctx,
+    form: Result<Form, FormRejection>,
+) -> Response {
+    let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
+        Ok(checked) => checked,
+        Err(response) => return *response,
+    };
+    let kept: BTreeMap<String, String> = FORM_FIELDS
+        .iter()
+        .map(|name| ((*name).to_owned(), fields.get(name).to_owned()))
+        .collect();
+    let result = match request(&auth, &fields) {
+        Ok(message) => {
+            let id: String = message.api_token_id.clone();
+            match console.request(&auth, &ctx, message) {
+                Ok(request) => console
+                    .api()
+                    .create_api_token(request)
+                    .await
+                    .map(|reply| (id, reply.into_inner()))
+                    .map_err(ApiError::from),
+                Err(error) => Err(error),
+            }
+        }
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok((id, reply)) => {
+            tokens::reveal(&console, &auth, &id, reply.secret, "created");
+            reply::redirect(&format!("/secret?token={id}"))
+        }
+        Err(error) if error.code == tonic::Code::Unauthenticated => {
+            console.failure(&auth, auth.layout("Create token", "tokens"), &error)
+        }
+        Err(error) => reply::render(
+            error.http_status(),
+            &page(&auth, kept, Some(Problem::from(&error))),
+        ),
+    }
+}
+
+/// `GET /secret?token=<id>`: the new secret of `id`, once.
+pub async fn secret<S: ApiTokenService>(
+    State(console): State<Shared<S>>,
+    ctx: Ctx,
+    pairs: Query,
+) -> Response {
+    let Some(auth) = console.auth(&ctx) else {
+        return reply::redirect("/sign-in");
+    };
+    let query = query(pairs);
+    let id = query.get("token");
+    if !valid_id(id) {
+        return reply::not_found().await;
+    }
+    let name = auth.token_name(id);
+    let reveal = console
+        .sessions()
+        .with(&auth.session, |session| match &session.reveal {
+            Some(reveal) if reveal.token_name == name => session.reveal.take(),
+            _ => None,
+        })
+        .flatten();
+    let what = reveal.as_ref().map_or("created", |reveal| reveal.what);
+    reply::render(
+        StatusCode::OK,
+        &SecretPage {
+            layout: auth.layout("Secret", "tokens"),
+            id: id.to_owned(),
+            what: what.to_owned(),
+            secret: reveal.map(|reveal| reveal.secret.expose().to_owned()),
+        },
+    )
+}
