@@ -13,6 +13,7 @@
 //! `grpc-message` and `grpc-status-details-bin`, so a gRPC client decodes
 //! the same status (reason included) as from the interceptor.
 
+use apitoken_domain::status::code_name;
 use apitoken_domain::{Principal, ratelimit::Decision};
 use base64::Engine as _;
 use envoy_types::pb::{
@@ -254,29 +255,6 @@ fn json_body(status: &Status) -> Value {
             "details": listed,
         }
     })
-}
-
-/// `UNAUTHENTICATED`, `PERMISSION_DENIED`, ...
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 #[cfg(test)]
