@@ -17,6 +17,11 @@ mod m20261202_000007_rate_limit_window;
 mod m20261202_000008_namespace_limits;
 mod m20261202_000009_sweep_indexes;
 
+/// Indexes the store's sweeps name in their queries (SQLite `INDEXED BY`).
+pub mod indexes {
+    pub use super::m20261202_000009_sweep_indexes::{EXPIRED_INDEX, EXPIRY_INDEX};
+}
+
 /// Every migration of the product.
 #[derive(Debug)]
 pub struct Migrator;

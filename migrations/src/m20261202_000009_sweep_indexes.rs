@@ -27,8 +27,10 @@ enum ApiTokens {
     RevokeTime,
 }
 
-const EXPIRED_INDEX: &str = "idx_api_tokens_expiry_notified_expire_time";
-const EXPIRY_INDEX: &str = "idx_api_tokens_expire_time";
+/// The index of tokens past their expiry not yet announced.
+pub const EXPIRED_INDEX: &str = "idx_api_tokens_expiry_notified_expire_time";
+/// The index of tokens by expiry time.
+pub const EXPIRY_INDEX: &str = "idx_api_tokens_expire_time";
 const REVOKED_INDEX: &str = "idx_api_tokens_revoke_time";
 
 #[async_trait::async_trait]

@@ -12,7 +12,12 @@ use sea_orm::{
 };
 use tracing::{error, warn};
 
-use super::{EVENT_CHANNEL, EVENT_LOCK_KEY, TokenStore, db_error, tokens::to_record};
+use apitoken_migration::indexes;
+use sea_orm::Statement;
+
+use super::{
+    EVENT_CHANNEL, EVENT_LOCK_KEY, TokenStore, db_error, through_index, tokens::to_record,
+};
 use crate::{
     entity::{Column, Entity},
     event_entity,
@@ -48,14 +53,18 @@ impl EventListener {
     }
 }
 
-/// Tokens past their expiry whose `Expired` event is not written yet (the
-/// index on `(expiry_notified, expire_time)` finds them without a scan).
-pub(super) fn expired_due(now: DateTime<Utc>, limit: u64) -> sea_orm::Select<Entity> {
-    Entity::find()
-        .filter(Column::ExpiryNotified.eq(false))
-        .filter(Column::ExpireTime.lte(now))
-        .filter(Column::RevokeTime.is_null())
-        .limit(limit)
+/// Tokens past their expiry whose `Expired` event is not written yet, read
+/// through the index on `(expiry_notified, expire_time)`, never a scan.
+pub(super) fn expired_due(now: DateTime<Utc>, limit: u64, backend: DbBackend) -> Statement {
+    through_index(
+        Entity::find()
+            .filter(Column::ExpiryNotified.eq(false))
+            .filter(Column::ExpireTime.lte(now))
+            .filter(Column::RevokeTime.is_null())
+            .limit(limit),
+        backend,
+        indexes::EXPIRED_INDEX,
+    )
 }
 
 impl TokenStore {
@@ -86,7 +95,8 @@ impl TokenStore {
         now: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<TokenRecord>, Error> {
-        let due: Vec<TokenRecord> = expired_due(now, limit)
+        let due: Vec<TokenRecord> = Entity::find()
+            .from_raw_sql(expired_due(now, limit, self.db.get_database_backend()))
             .all(&self.db)
             .await
             .map_err(db_error)?

@@ -23,7 +23,7 @@ use apitoken_domain::Error;
 use apitoken_migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, TransactionTrait,
+    DbErr, EntityTrait, QueryTrait, TransactionTrait,
 };
 use tracing::{error, warn};
 
@@ -138,6 +138,28 @@ pub(super) fn db_error(error: DbErr) -> Error {
             Error::Internal
         }
     }
+}
+
+/// `select` as the statement to run on `backend`; on SQLite, reading
+/// through `index` (`INDEXED BY`). SQLite plans each connection with the
+/// statistics that connection last loaded, so a pool connection opened
+/// before `ANALYZE` can plan a full scan while others use the index: a
+/// sweep that runs every second cannot depend on that. With `INDEXED BY`
+/// the plan is fixed (and a missing index is an error, not a silent scan).
+/// PostgreSQL plans with shared, current statistics.
+pub(super) fn through_index<E: EntityTrait>(
+    select: sea_orm::Select<E>,
+    backend: DbBackend,
+    index: &str,
+) -> sea_orm::Statement {
+    let mut statement = select.build(backend);
+    if backend == DbBackend::Sqlite {
+        let from = format!("FROM \"{}\"", E::default().table_name());
+        statement.sql = statement
+            .sql
+            .replacen(&from, &format!("{from} INDEXED BY \"{index}\""), 1);
+    }
+    statement
 }
 
 /// Adds `mode=rwc` to a SQLite URL without a mode, so the file is created.

@@ -2,10 +2,11 @@
 //! and the purge of revoked and expired tokens (and old audit events).
 
 use apitoken_domain::{Error, TokenState, event::EventKind};
+use apitoken_migration::indexes;
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-    sea_query::Expr,
+    ColumnTrait, Condition, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement, TransactionTrait, sea_query::Expr,
 };
 
 use super::{
@@ -13,6 +14,7 @@ use super::{
     audit::append_audit,
     db_error,
     events::append_event,
+    through_index,
     tokens::{state_condition, to_record},
 };
 use crate::{
@@ -21,20 +23,26 @@ use crate::{
     record::{AuditEntry, TokenRecord},
 };
 
-/// Active tokens within `lead` of their expiry without warning `level` (the
-/// index on `expire_time` bounds the read to tokens expiring within the lead).
+/// Active tokens within `lead` of their expiry without warning `level`, read
+/// through the index on `expire_time` (bounded to tokens expiring within the
+/// lead), never a scan.
 pub(super) fn warnings_due(
     now: DateTime<Utc>,
     level: i16,
     lead: chrono::Duration,
     limit: u64,
-) -> sea_orm::Select<Entity> {
-    Entity::find()
-        .filter(Column::ExpireTime.gt(now))
-        .filter(Column::ExpireTime.lte(now + lead))
-        .filter(Column::RevokeTime.is_null())
-        .filter(Column::ExpiryWarningLevel.lt(level))
-        .limit(limit)
+    backend: DbBackend,
+) -> Statement {
+    through_index(
+        Entity::find()
+            .filter(Column::ExpireTime.gt(now))
+            .filter(Column::ExpireTime.lte(now + lead))
+            .filter(Column::RevokeTime.is_null())
+            .filter(Column::ExpiryWarningLevel.lt(level))
+            .limit(limit),
+        backend,
+        indexes::EXPIRY_INDEX,
+    )
 }
 
 impl TokenStore {
@@ -49,7 +57,14 @@ impl TokenStore {
         limit: u64,
         audit: impl Fn(&TokenRecord) -> AuditEntry,
     ) -> Result<Vec<TokenRecord>, Error> {
-        let due: Vec<TokenRecord> = warnings_due(now, level, lead, limit)
+        let due: Vec<TokenRecord> = Entity::find()
+            .from_raw_sql(warnings_due(
+                now,
+                level,
+                lead,
+                limit,
+                self.db.get_database_backend(),
+            ))
             .all(&self.db)
             .await
             .map_err(db_error)?
