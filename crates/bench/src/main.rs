@@ -283,6 +283,8 @@ async fn scenarios(
     let channels = load::connect(&server.address, connections).await?;
     let mut run = Run {
         cold_start: server.cold_start,
+        rss_at_start: server.rss(),
+        server_pid: Some(server.pid()),
         ..Run::default()
     };
     let owner_bearer = bearer(owner)?;
@@ -550,12 +552,14 @@ async fn scenarios(
 
 impl Run {
     fn push(&mut self, measurement: Measurement) {
+        let rss = self.server_pid.and_then(server::rss_of).unwrap_or(0);
         eprintln!(
-            "   {:<48} {:>9.0}/s  p50 {:>8.2?}  p99 {:>8.2?}{}",
+            "   {:<48} {:>9.0}/s  p50 {:>8.2?}  p99 {:>8.2?}  rss {:>4} MB{}",
             measurement.name,
             measurement.rate(),
             measurement.quantile(0.5),
             measurement.quantile(0.99),
+            rss / 1_000_000,
             if measurement.unexpected > 0 {
                 format!(
                     "  ({} unexpected, first: {})",

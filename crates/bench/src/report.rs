@@ -15,6 +15,10 @@ pub(crate) struct Run {
     pub(crate) measurements: Vec<Measurement>,
     /// Server resident memory after the run.
     pub(crate) rss: Option<u64>,
+    /// Server resident memory once SERVING, before any call.
+    pub(crate) rss_at_start: Option<u64>,
+    /// The server's process, whose memory each scenario's line shows.
+    pub(crate) server_pid: Option<u32>,
     /// Spawn to SERVING.
     pub(crate) cold_start: Duration,
     /// Latency at a low rate.
@@ -111,6 +115,13 @@ impl Report {
                     ms(low.quantile(0.5)),
                     ms(low.quantile(0.99)),
                     low.ok
+                );
+            }
+            if let Some(start) = run.rss_at_start {
+                let _ = writeln!(
+                    out,
+                    "- server resident memory once SERVING (every token loaded): {:.0} MB",
+                    start as f64 / 1e6
                 );
             }
             if let Some(rss) = run.rss {

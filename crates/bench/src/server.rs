@@ -272,12 +272,26 @@ impl ServerProcess {
     /// The server's resident memory, in bytes (Linux).
     pub(crate) fn rss(&self) -> Option<u64> {
         // With taskset, the child is taskset's exec of the server: same pid.
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        rss_of(self.child.id())
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The resident memory of process `pid`, in bytes (Linux).
+pub(crate) fn rss_of(pid: u32) -> Option<u64> {
+    {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     }
+}
 
+impl ServerProcess {
     /// Stops it.
     pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")

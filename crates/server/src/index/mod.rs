@@ -52,7 +52,7 @@ pub use records::RecordCache;
 pub use table::{AuthView, TokenTable, parse_uid};
 
 /// Rows loaded per query at cold start.
-const LOAD_BATCH: u64 = 10_000;
+const LOAD_BATCH: u64 = 1_000;
 /// Events read per query by the follower.
 const TAIL_BATCH: u64 = 1_000;
 /// At most one catch-up query per this long when misses ask for one.

@@ -1,10 +1,16 @@
 //! [`TokenTable`]: every token's verification facts in a compact slab, found
 //! by secret hash (current or previous), by uid and by name.
 //!
-//! Memory: one [`Slot`] (about 120 bytes) per token plus its id's text, and
-//! three hash tables holding only 4-byte slot numbers (hashbrown's
-//! `HashTable`, so a table entry is not a copy of its key): about 170 bytes
-//! a token, 170 MB for a million (measured in the benchmark).
+//! Memory: one [`Slot`] of 88 bytes per token (no pointer in it but the
+//! rare [`Extra`]: the grace period's previous secret, an own rate limit;
+//! secrets are recognised by the first 128 bits of their keyed hash, a
+//! [`SecretTag`], the full hash staying in the database),
+//! the token ids' text in one arena (no allocation per token, so loading a
+//! million tokens leaves no fragmented heap behind), namespaces interned as
+//! 4-byte numbers, and three hash tables holding only 4-byte slot numbers
+//! (hashbrown's `HashTable`, so a table entry is not a copy of its key):
+//! about 135 bytes a token with a 12-character id (the benchmark records
+//! the resident memory of a server holding a million).
 //!
 //! Applying a row is idempotent and ordered by the row's `version`: an
 //! older row never replaces a newer one, whichever path (this process's own
@@ -17,7 +23,11 @@ use std::{
 };
 
 use apitoken_domain::ratelimit::RateLimit;
-use apitoken_domain::{Role, hash::SecretHash, name::TokenName};
+use apitoken_domain::{
+    Role,
+    hash::{SecretHash, SecretTag},
+    name::TokenName,
+};
 use apitoken_store::{AuthRow, SecretMatch};
 use chrono::{DateTime, Utc};
 use hashbrown::HashTable;
@@ -40,27 +50,60 @@ fn time(micros: Micros) -> Option<DateTime<Utc>> {
 /// A regeneration's previous secret, during its grace period.
 #[derive(Debug, Clone)]
 struct Previous {
-    hash: SecretHash,
+    hash: SecretTag,
     until: Micros,
+}
+
+/// What few tokens have, kept out of the slot.
+#[derive(Debug, Clone)]
+struct Extra {
+    previous: Option<Previous>,
+    /// `None`: the role's default.
+    rate_limit: Option<RateLimit>,
+}
+
+/// Where a token id's text is in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Text {
+    start: u32,
+    len: u8,
 }
 
 /// One token, as verification needs it.
 #[derive(Debug, Clone)]
 struct Slot {
     id: i64,
-    uid: u128,
-    namespace: Arc<str>,
-    token_id: Box<str>,
     version: i64,
-    secret_hash: SecretHash,
-    previous: Option<Box<Previous>>,
+    /// The uid's two halves (not a `u128`, whose 16-byte alignment would pad
+    /// the slot).
+    uid: [u64; 2],
+    /// The secret hash's first 128 bits.
+    secret_hash: SecretTag,
     expire_time: Micros,
     revoke_time: Micros,
-    /// `None`: the role's default.
-    rate_limit: Option<RateLimit>,
+    extra: Option<Box<Extra>>,
+    /// Index into the table's namespaces.
+    namespace: u32,
+    token_id: Text,
     role: Role,
     interceptor: bool,
     end_grace_on_first_use: bool,
+}
+
+impl Slot {
+    fn uid(&self) -> u128 {
+        (u128::from(self.uid[0]) << 64) | u128::from(self.uid[1])
+    }
+
+    fn previous(&self) -> Option<&Previous> {
+        self.extra
+            .as_ref()
+            .and_then(|extra| extra.previous.as_ref())
+    }
+}
+
+fn split_uid(uid: u128) -> [u64; 2] {
+    [(uid >> 64) as u64, uid as u64]
 }
 
 /// What a lookup finds: a copy of the token's facts, for use outside the
@@ -119,9 +162,18 @@ pub struct TokenTable {
     by_uid: HashTable<u32>,
     by_name: HashTable<u32>,
     names: RandomState,
-    namespaces: HashMap<Box<str>, Arc<str>>,
+    /// Every namespace seen, by number; and the numbers by name.
+    namespaces: Vec<Arc<str>>,
+    namespace_numbers: HashMap<Arc<str>, u32>,
+    /// The token ids' text, end to end; `garbage` bytes of it belong to no
+    /// slot any more (compacted when they are most of it).
+    arena: String,
+    garbage: usize,
     len: usize,
 }
+
+/// The arena is compacted once its garbage passes this and its live text.
+const ARENA_SLACK: usize = 1 << 20;
 
 impl Default for TokenTable {
     fn default() -> Self {
@@ -144,9 +196,22 @@ impl TokenTable {
             by_uid: HashTable::with_capacity(capacity),
             by_name: HashTable::with_capacity(capacity),
             names: RandomState::new(),
-            namespaces: HashMap::new(),
+            namespaces: Vec::new(),
+            namespace_numbers: HashMap::new(),
+            arena: String::with_capacity(capacity.saturating_mul(16)),
+            garbage: 0,
             len: 0,
         }
+    }
+
+    /// The id text of `slot`.
+    fn token_id(&self, slot: &Slot) -> &str {
+        text(&self.arena, slot.token_id)
+    }
+
+    /// The namespace of `slot`.
+    fn namespace(&self, slot: &Slot) -> &Arc<str> {
+        &self.namespaces[slot.namespace as usize]
     }
 
     /// How many tokens the table holds.
@@ -175,8 +240,7 @@ impl TokenTable {
                 if entry & 1 == 0 {
                     slot.secret_hash.matches(hash)
                 } else {
-                    slot.previous
-                        .as_ref()
+                    slot.previous()
                         .is_some_and(|previous| previous.hash.matches(hash))
                 }
             })
@@ -187,44 +251,53 @@ impl TokenTable {
         } else {
             SecretMatch::Previous
         };
-        Some((view(slot), matched))
+        Some((self.view(slot), matched))
     }
 
     /// The token with this uid.
     pub fn find_by_uid(&self, uid: u128) -> Option<AuthView> {
         self.uid_slot(uid)
             .and_then(|index| self.slot(index))
-            .map(view)
+            .map(|slot| self.view(slot))
     }
 
     /// The token with this name.
     pub fn find_by_name(&self, namespace: &str, token_id: &str) -> Option<AuthView> {
-        let index = *self
-            .by_name
+        let index = self.name_slot(namespace, token_id)?;
+        self.slot(index).map(|slot| self.view(slot))
+    }
+
+    fn name_slot(&self, namespace: &str, token_id: &str) -> Option<u32> {
+        self.by_name
             .find(self.name_hash(namespace, token_id), |index| {
                 self.slot(*index).is_some_and(|slot| {
-                    &*slot.namespace == namespace && &*slot.token_id == token_id
+                    **self.namespace(slot) == *namespace && self.token_id(slot) == token_id
                 })
-            })?;
-        self.slot(index).map(view)
+            })
+            .copied()
     }
 
     /// Active tokens (neither revoked nor expired at `now`, in microseconds)
     /// per namespace, for metrics: one pass over the slab.
     pub fn active_by_namespace(&self, now: i64) -> HashMap<Arc<str>, u64> {
-        let mut counts: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut counts = vec![0u64; self.namespaces.len()];
         for slot in self.slots.iter().flatten() {
             if slot.revoke_time == NONE && slot.expire_time > now {
-                *counts.entry(Arc::clone(&slot.namespace)).or_insert(0) += 1;
+                counts[slot.namespace as usize] += 1;
             }
         }
         counts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, count)| *count > 0)
+            .map(|(number, count)| (Arc::clone(&self.namespaces[number]), count))
+            .collect()
     }
 
     fn uid_slot(&self, uid: u128) -> Option<u32> {
         self.by_uid
             .find(uid_hash(uid), |index| {
-                self.slot(*index).is_some_and(|slot| slot.uid == uid)
+                self.slot(*index).is_some_and(|slot| slot.uid() == uid)
             })
             .copied()
     }
@@ -243,35 +316,42 @@ impl TokenTable {
             {
                 return false;
             }
-            self.unlink(index);
-            self.slots[index as usize] = None;
-            self.free.push(index);
-            self.len -= 1;
+            self.vacate(index);
         }
         // A name is unique among stored tokens: a holder with another uid was
         // purged (its event may not have arrived yet).
         let namespace = row.name.namespace().as_str();
         let token_id = row.name.token_id();
-        if let Some(stale) = self.find_by_name(namespace, token_id) {
-            self.remove(stale.uid);
+        if let Some(stale) = self.name_slot(namespace, token_id) {
+            self.vacate(stale);
         }
-        let namespace = self.intern(namespace);
+        let Some(token_id) = self.store_text(token_id) else {
+            error!("a token id longer than 255 bytes, or the index's id text full (4 GiB)");
+            return false;
+        };
+        let Some(namespace) = self.intern(namespace) else {
+            error!("the token index is full (4 billion namespaces)");
+            return false;
+        };
+        let previous = row.previous_secret_hash.map(|hash| Previous {
+            hash: hash.tag(),
+            until: micros(row.previous_secret_expire_time),
+        });
         let slot = Slot {
             id: row.id,
-            uid,
-            namespace,
-            token_id: token_id.into(),
             version: row.version,
-            secret_hash: row.secret_hash,
-            previous: row.previous_secret_hash.map(|hash| {
-                Box::new(Previous {
-                    hash,
-                    until: micros(row.previous_secret_expire_time),
-                })
-            }),
+            uid: split_uid(uid),
+            secret_hash: row.secret_hash.tag(),
             expire_time: micros(row.expire_time),
             revoke_time: micros(row.revoke_time),
-            rate_limit: row.rate_limit,
+            extra: (previous.is_some() || row.rate_limit.is_some()).then(|| {
+                Box::new(Extra {
+                    previous,
+                    rate_limit: row.rate_limit,
+                })
+            }),
+            namespace,
+            token_id,
             role: row.role,
             interceptor: row.interceptor,
             end_grace_on_first_use: row.end_grace_on_first_use,
@@ -287,6 +367,12 @@ impl TokenTable {
                     error!("the token index is full (2 billion tokens)");
                     return false;
                 };
+                if self.slots.len() == self.slots.capacity() {
+                    // An eighth more, not twice as many: at a million tokens,
+                    // doubling would leave about 100 MB reserved for growth.
+                    self.slots
+                        .reserve_exact((self.slots.capacity() / 8).max(1024));
+                }
                 self.slots.push(None);
                 index
             }
@@ -302,21 +388,56 @@ impl TokenTable {
         let Some(index) = self.uid_slot(uid) else {
             return false;
         };
-        self.unlink(index);
-        self.slots[index as usize] = None;
-        self.free.push(index);
-        self.len -= 1;
+        self.vacate(index);
         true
     }
 
-    fn intern(&mut self, namespace: &str) -> Arc<str> {
-        if let Some(interned) = self.namespaces.get(namespace) {
-            return Arc::clone(interned);
+    /// Empties the slot at `index` (held): its keys, its text.
+    fn vacate(&mut self, index: u32) {
+        self.unlink(index);
+        if let Some(slot) = self.slots[index as usize].take() {
+            self.garbage += usize::from(slot.token_id.len);
         }
+        self.free.push(index);
+        self.len -= 1;
+    }
+
+    /// Appends `token_id` to the arena (compacting it first when mostly
+    /// garbage). `None` past 4 GiB of text. Token ids are at most 63 bytes
+    /// (validated before any write).
+    fn store_text(&mut self, token_id: &str) -> Option<Text> {
+        let len = u8::try_from(token_id.len()).ok()?;
+        if self.garbage > ARENA_SLACK && self.garbage > self.arena.len() - self.garbage {
+            self.compact();
+        }
+        let start = u32::try_from(self.arena.len()).ok()?;
+        u32::try_from(self.arena.len() + token_id.len()).ok()?;
+        self.arena.push_str(token_id);
+        Some(Text { start, len })
+    }
+
+    /// Rewrites the arena with only the slots' text.
+    fn compact(&mut self) {
+        let live = self.arena.len() - self.garbage;
+        let mut arena = String::with_capacity(live + live / 2);
+        for slot in self.slots.iter_mut().flatten() {
+            let start = arena.len() as u32;
+            arena.push_str(text(&self.arena, slot.token_id));
+            slot.token_id.start = start;
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
+    fn intern(&mut self, namespace: &str) -> Option<u32> {
+        if let Some(number) = self.namespace_numbers.get(namespace) {
+            return Some(*number);
+        }
+        let number = u32::try_from(self.namespaces.len()).ok()?;
         let interned: Arc<str> = namespace.into();
-        self.namespaces
-            .insert(namespace.into(), Arc::clone(&interned));
-        interned
+        self.namespaces.push(Arc::clone(&interned));
+        self.namespace_numbers.insert(interned, number);
+        Some(number)
     }
 
     /// Adds the keys of the slot at `index` (already stored) to the tables.
@@ -328,26 +449,26 @@ impl TokenTable {
         let rehash = |entry: &u32| hash_key(slots, *entry).unwrap_or(0);
         self.by_hash
             .insert_unique(slot.secret_hash.table_hash(), index << 1, rehash);
-        if let Some(previous) = &slot.previous {
+        if let Some(previous) = slot.previous() {
             self.by_hash
                 .insert_unique(previous.hash.table_hash(), (index << 1) | 1, rehash);
         }
         self.by_uid
-            .insert_unique(uid_hash(slot.uid), index, |other| {
+            .insert_unique(uid_hash(slot.uid()), index, |other| {
                 slots[*other as usize]
                     .as_ref()
-                    .map_or(0, |slot| uid_hash(slot.uid))
+                    .map_or(0, |slot| uid_hash(slot.uid()))
             });
-        let names = &self.names;
-        self.by_name.insert_unique(
-            names.hash_one((&*slot.namespace, &*slot.token_id)),
-            index,
-            |other| {
-                slots[*other as usize].as_ref().map_or(0, |slot| {
-                    names.hash_one((&*slot.namespace, &*slot.token_id))
-                })
-            },
-        );
+        let (names, namespaces, arena) = (&self.names, &self.namespaces, &self.arena);
+        let name_hash = |slot: &Slot| {
+            names.hash_one((
+                &*namespaces[slot.namespace as usize],
+                text(arena, slot.token_id),
+            ))
+        };
+        self.by_name.insert_unique(name_hash(slot), index, |other| {
+            slots[*other as usize].as_ref().map_or(0, name_hash)
+        });
     }
 
     /// Removes the keys of the slot at `index` from the tables.
@@ -355,13 +476,15 @@ impl TokenTable {
         let Some(slot) = self.slots[index as usize].as_ref() else {
             return;
         };
-        let mut keys = vec![(slot.secret_hash.table_hash(), index << 1)];
-        if let Some(previous) = &slot.previous {
-            keys.push((previous.hash.table_hash(), (index << 1) | 1));
-        }
-        let uid = uid_hash(slot.uid);
-        let name = self.name_hash(&slot.namespace, &slot.token_id);
-        for (hash, entry) in keys {
+        let current = slot.secret_hash.table_hash();
+        let previous = slot.previous().map(|previous| previous.hash.table_hash());
+        let uid = uid_hash(slot.uid());
+        let name = self.name_hash(self.namespace(slot), self.token_id(slot));
+        let keys = [
+            Some((current, index << 1)),
+            previous.map(|hash| (hash, (index << 1) | 1)),
+        ];
+        for (hash, entry) in keys.into_iter().flatten() {
             if let Ok(found) = self.by_hash.find_entry(hash, |other| *other == entry) {
                 found.remove();
             }
@@ -383,26 +506,33 @@ fn hash_key(slots: &[Option<Slot>], entry: u32) -> Option<u64> {
     if entry & 1 == 0 {
         Some(slot.secret_hash.table_hash())
     } else {
-        slot.previous
-            .as_ref()
-            .map(|previous| previous.hash.table_hash())
+        slot.previous().map(|previous| previous.hash.table_hash())
     }
 }
 
-fn view(slot: &Slot) -> AuthView {
-    AuthView {
-        id: slot.id,
-        uid: slot.uid,
-        namespace: Arc::clone(&slot.namespace),
-        token_id: slot.token_id.clone(),
-        version: slot.version,
-        role: slot.role,
-        interceptor: slot.interceptor,
-        rate_limit: slot.rate_limit,
-        expire_time: time(slot.expire_time),
-        revoke_time: time(slot.revoke_time),
-        previous_secret_expire_time: slot.previous.as_ref().and_then(|p| time(p.until)),
-        end_grace_on_first_use: slot.end_grace_on_first_use,
+fn text(arena: &str, text: Text) -> &str {
+    let start = text.start as usize;
+    arena
+        .get(start..start + usize::from(text.len))
+        .unwrap_or_default()
+}
+
+impl TokenTable {
+    fn view(&self, slot: &Slot) -> AuthView {
+        AuthView {
+            id: slot.id,
+            uid: slot.uid(),
+            namespace: Arc::clone(self.namespace(slot)),
+            token_id: self.token_id(slot).into(),
+            version: slot.version,
+            role: slot.role,
+            interceptor: slot.interceptor,
+            rate_limit: slot.extra.as_ref().and_then(|extra| extra.rate_limit),
+            expire_time: time(slot.expire_time),
+            revoke_time: time(slot.revoke_time),
+            previous_secret_expire_time: slot.previous().and_then(|p| time(p.until)),
+            end_grace_on_first_use: slot.end_grace_on_first_use,
+        }
     }
 }
 
@@ -507,6 +637,42 @@ mod tests {
         assert!(table.find_by_hash(&revoked.secret_hash).is_none());
         assert!(table.find_by_name("team-a", "rotating").is_none());
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_slot_stays_small() {
+        // The figure the module's memory budget is built on.
+        assert!(
+            std::mem::size_of::<Option<Slot>>() <= 88,
+            "{}",
+            std::mem::size_of::<Option<Slot>>()
+        );
+    }
+
+    #[test]
+    fn churn_compacts_the_id_text_and_keeps_every_name() {
+        let mut table = TokenTable::default();
+        let keep: Vec<AuthRow> = (0..100).map(|i| row(i, &format!("kept-{i}"))).collect();
+        for row in &keep {
+            table.upsert(row);
+        }
+        // Far more id text created and purged than ARENA_SLACK.
+        for i in 0..60_000 {
+            let row = row(1000 + i, &format!("short-lived-token-number-{i}"));
+            table.upsert(&row);
+            assert!(table.remove(parse_uid(&row.uid).expect("uuid")));
+        }
+        assert!(table.arena.len() < 2 * ARENA_SLACK, "{}", table.arena.len());
+        assert_eq!(table.len(), 100);
+        for row in &keep {
+            let found = table
+                .find_by_name("team-a", row.name.token_id())
+                .expect("kept");
+            assert_eq!(found.id, row.id);
+            assert_eq!(&*found.token_id, row.name.token_id());
+            let (by_hash, _) = table.find_by_hash(&row.secret_hash).expect("hash");
+            assert_eq!(by_hash.name(), row.name);
+        }
     }
 
     #[test]
