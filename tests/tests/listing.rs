@@ -1,5 +1,6 @@
 //! ListApiTokens: newest first, pagination across pages, unforgeable page
-//! tokens, page size rules, and filters on role and state.
+//! tokens, page size rules, filters on role and state, and pages asked
+//! again (served from the page cache) showing every change at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -9,8 +10,8 @@ use apitoken_domain::Role;
 use apitoken_tests::{
     NAMESPACE, OTHER_NAMESPACE, TestServer, authed, backend_tests, bad_fields, in_seconds,
     v1::{
-        self, ApiToken, CreateApiTokenRequest, ListApiTokensRequest, ListApiTokensResponse,
-        RevokeApiTokenRequest,
+        self, ApiToken, CreateApiTokenRequest, GetApiTokenRequest, ListApiTokensRequest,
+        ListApiTokensResponse, RevokeApiTokenRequest, UpdateApiTokenRequest,
     },
 };
 use tonic::Code;
@@ -20,6 +21,7 @@ backend_tests!(
     page_tokens_cannot_cross_namespaces_or_queries,
     page_size_rules,
     filters_on_role_and_state,
+    a_page_asked_again_shows_every_change_at_once,
 );
 
 fn request(parent: &str) -> ListApiTokensRequest {
@@ -278,4 +280,126 @@ async fn filters_on_role_and_state(server: TestServer) {
         .expect_err("bad filter");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["filter"]);
+}
+
+/// The page cache (a page asked again is served from memory) never shows a
+/// page older than the last change: an update, a revocation, a creation and
+/// written usage each show on the very next call, filtered or not.
+async fn a_page_asked_again_shows_every_change_at_once(server: TestServer) {
+    let mut client = server.client().await;
+    let (_, viewer) = server.create("viewer-1", Role::Viewer).await;
+    server.create("editor-1", Role::Editor).await;
+    let parent = format!("namespaces/{NAMESPACE}");
+    let editors = || ListApiTokensRequest {
+        filter: "role = ROLE_EDITOR".into(),
+        ..request(&parent)
+    };
+    let all = || request(&parent);
+    let describe = |response: &ListApiTokensResponse| {
+        let mut rows: Vec<(String, String, i64)> = response
+            .api_tokens
+            .iter()
+            .map(|t| {
+                (
+                    t.name.rsplit('/').next().expect("id").to_owned(),
+                    t.description.clone(),
+                    t.use_count,
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    // Asked twice: the same answer (the second from the cache).
+    for _ in 0..2 {
+        assert_eq!(
+            describe(&list(&server, &server.owner, editors()).await),
+            [("editor-1".to_owned(), String::new(), 0)]
+        );
+        assert_eq!(
+            list(&server, &server.owner, all()).await.api_tokens.len(),
+            3
+        );
+    }
+
+    client
+        .update_api_token(authed(
+            &server.owner,
+            UpdateApiTokenRequest {
+                api_token: Some(ApiToken {
+                    name: format!("{parent}/apitokens/editor-1"),
+                    description: "changed".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["description".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("update");
+    assert_eq!(
+        describe(&list(&server, &server.owner, editors()).await),
+        [("editor-1".to_owned(), "changed".to_owned(), 0)],
+        "an update shows at once"
+    );
+
+    server.create("editor-2", Role::Editor).await;
+    assert_eq!(
+        list(&server, &server.owner, editors()).await.api_tokens[0].name,
+        format!("{parent}/apitokens/editor-2"),
+        "a creation shows at once, first"
+    );
+    client
+        .revoke_api_token(authed(
+            &server.owner,
+            RevokeApiTokenRequest {
+                name: format!("{parent}/apitokens/editor-1"),
+            },
+        ))
+        .await
+        .expect("revoke");
+    assert_eq!(
+        describe(&list(&server, &server.owner, editors()).await),
+        [("editor-2".to_owned(), String::new(), 0)],
+        "a revocation shows at once"
+    );
+    assert_eq!(
+        list(&server, &server.owner, all()).await.api_tokens.len(),
+        3
+    );
+
+    // Usage written by this server moves the page too (well before the
+    // usage TTL of the cached figures, 2 s).
+    let before = describe(&list(&server, &viewer, all()).await);
+    assert!(
+        before.contains(&("viewer-1".to_owned(), String::new(), 0)),
+        "{before:?}"
+    );
+    client
+        .get_api_token(authed(
+            &viewer,
+            GetApiTokenRequest {
+                name: format!("{parent}/apitokens/editor-2"),
+            },
+        ))
+        .await
+        .expect("get");
+    server.wait_for_usage(&["viewer-1"]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let rows = describe(&list(&server, &server.owner, all()).await);
+        let uses = rows
+            .iter()
+            .find(|(id, _, _)| id == "viewer-1")
+            .map(|(_, _, uses)| *uses);
+        if uses >= Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "written usage not shown within 1 s: {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

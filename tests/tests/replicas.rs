@@ -13,9 +13,9 @@ use apitoken_server::policy::Policy;
 use apitoken_tests::{
     Backend, NAMESPACE, Options, Replica, TestServer, authed, reason,
     v1::{
-        ApiToken, GetApiTokenRequest, RegenerateApiTokenRequest, RevokeApiTokenRequest,
-        UpdateApiTokenRequest, VerifyApiTokenRequest, WatchApiTokenEventsRequest,
-        api_token_event::Kind,
+        ApiToken, GetApiTokenRequest, ListApiTokensRequest, RegenerateApiTokenRequest,
+        RevokeApiTokenRequest, UpdateApiTokenRequest, VerifyApiTokenRequest,
+        WatchApiTokenEventsRequest, api_token_event::Kind,
     },
 };
 use tonic::Code;
@@ -54,6 +54,7 @@ replica_tests!(
     a_replica_started_later_knows_everything,
     event_streams_of_one_replica_carry_the_others_changes,
     a_namespace_limit_reaches_the_other_replica_within_a_second,
+    a_cached_page_on_the_other_replica_follows_a_change_within_100ms,
 );
 
 /// The bound the product promises for a change made through another replica.
@@ -450,5 +451,61 @@ async fn a_namespace_limit_reaches_the_other_replica_within_a_second(server: Tes
     )
     .await;
     eprintln!("a namespace limit set through replica A applies on replica B after {delay:?}");
+    other.stop().await;
+}
+
+/// A page the other replica serves from its page cache follows a change
+/// made here as quickly as verification does.
+async fn a_cached_page_on_the_other_replica_follows_a_change_within_100ms(server: TestServer) {
+    let other = server.replica().await;
+    server.create("listed", Role::Viewer).await;
+    let request = || {
+        authed(
+            &server.owner,
+            ListApiTokensRequest {
+                parent: format!("namespaces/{NAMESPACE}"),
+                filter: "role = ROLE_VIEWER".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut client = other.shared_client().await;
+    let listed =
+        async |client: &mut apitoken_tests::v1::api_token_service_client::ApiTokenServiceClient<
+            tonic::transport::Channel,
+        >| {
+            client
+                .list_api_tokens(request())
+                .await
+                .expect("list")
+                .into_inner()
+                .api_tokens
+                .len()
+        };
+    within(HARD, "the other replica lists the new token", async || {
+        listed(&mut client).await == 1
+    })
+    .await;
+    // Cached now.
+    assert_eq!(listed(&mut client).await, 1);
+    server
+        .client()
+        .await
+        .revoke_api_token(authed(
+            &server.owner,
+            RevokeApiTokenRequest {
+                name: name("listed"),
+            },
+        ))
+        .await
+        .expect("revoke");
+    let delay = within(
+        HARD,
+        "the revoked token left the other replica's page",
+        async || listed(&mut client).await == 0,
+    )
+    .await;
+    eprintln!("revocation through replica A left replica B's cached page after {delay:?}");
+    assert!(delay < PROPAGATION, "{delay:?}");
     other.stop().await;
 }

@@ -7,7 +7,8 @@
 //! RPC (`grpc.health.v1.Health/Check`, the baseline), `VerifyApiToken` with
 //! a known and with an unknown well-formed secret, Envoy's ext_authz
 //! `Check` with a known token, `GetApiToken`,
-//! `ListApiTokens` (a page of 50), `CreateApiToken`, and the example
+//! `ListApiTokens` (a page of 50 asked again, which the page cache answers,
+//! and with a `state` filter, which it never does), `CreateApiToken`, and the example
 //! inventory service with and without the interceptor's layer on the same
 //! handler. Every figure is also a ratio to the baseline measured in the same
 //! run, so runs on different machines compare. With `--pin` the server runs
@@ -413,18 +414,24 @@ async fn scenarios(
         .await,
     );
 
-    let bearer_for_list = owner_bearer.clone();
-    run.push(
-        load::run(
-            "ListApiTokens (page of 50)",
-            &channels,
-            load,
-            move |channel, _, _| {
+    // The same page asked again (the page cache answers), and a filter on
+    // the clock (`state`), which is never cached: a query every call.
+    for (label, filter) in [
+        ("ListApiTokens (page of 50)", ""),
+        (
+            "ListApiTokens (page of 50, state filter: no page cache)",
+            "state = STATE_ACTIVE",
+        ),
+    ] {
+        let bearer_for_list = owner_bearer.clone();
+        run.push(
+            load::run(label, &channels, load, move |channel, _, _| {
                 let request = authed(
                     &bearer_for_list,
                     ListApiTokensRequest {
                         parent: format!("namespaces/{}", server::NAMESPACE),
                         page_size: 50,
+                        filter: filter.to_owned(),
                         ..Default::default()
                     },
                 );
@@ -440,10 +447,10 @@ async fn scenarios(
                                 .ok_or_else(|| "a short page".to_owned())
                         })
                 }
-            },
-        )
-        .await,
-    );
+            })
+            .await,
+        );
+    }
 
     let bearer_for_create = bearer(writer)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();

@@ -46,6 +46,17 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
+    /// Whether the rows this filter selects can change with the clock alone
+    /// (a state, an age or an expiry horizon), not only with the rows.
+    pub fn depends_on_time(&self) -> bool {
+        self.conditions.iter().any(|condition| match condition {
+            Condition::Role(..) | Condition::State(_, TokenState::Revoked) => false,
+            Condition::State(..) | Condition::UnusedDays(_) | Condition::ExpiresWithinDays(_) => {
+                true
+            }
+        })
+    }
+
     /// Parses a filter given as `field`; empty means no condition.
     pub fn parse(field: &str, text: &str) -> Result<ListFilter, Error> {
         check_filter_len(field, text)?;
@@ -238,6 +249,22 @@ mod tests {
                 .expect("f")
                 .asks_for_revoked()
         );
+    }
+
+    #[test]
+    fn knows_which_filters_the_clock_changes() {
+        for (text, timed) in [
+            ("", false),
+            ("role = ROLE_VIEWER", false),
+            ("state = STATE_REVOKED AND role != ROLE_OWNER", false),
+            ("state = STATE_ACTIVE", true),
+            ("state != STATE_EXPIRED", true),
+            ("role = ROLE_VIEWER AND unused_days >= 3", true),
+            ("expires_within_days <= 1", true),
+        ] {
+            let filter = ListFilter::parse("filter", text).expect("filter");
+            assert_eq!(filter.depends_on_time(), timed, "{text}");
+        }
     }
 
     #[test]

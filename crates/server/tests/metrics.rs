@@ -127,7 +127,8 @@ fn sample(body: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
-/// Calls the server makes metrics of: a list (OK), a malformed secret and a
+/// Calls the server makes metrics of: the same list five times (OK; the
+/// page cache answers the repeats), a malformed secret and a
 /// well-formed unknown one (UNAUTHENTICATED), with a request id and a trace.
 fn traffic(server: &Server) -> tonic::metadata::MetadataMap {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -135,15 +136,17 @@ fn traffic(server: &Server) -> tonic::metadata::MetadataMap {
         let mut client = ApiTokenServiceClient::connect(format!("http://{}", server.grpc))
             .await
             .expect("connect");
-        let mut list = tonic::Request::new(ListApiTokensRequest {
-            parent: "namespaces/team-a".into(),
-            ..Default::default()
-        });
-        list.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", server.secret).parse().expect("ascii"),
-        );
-        client.list_api_tokens(list).await.expect("list");
+        for _ in 0..5 {
+            let mut list = tonic::Request::new(ListApiTokensRequest {
+                parent: "namespaces/team-a".into(),
+                ..Default::default()
+            });
+            list.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", server.secret).parse().expect("ascii"),
+            );
+            client.list_api_tokens(list).await.expect("list");
+        }
         let mut bad = tonic::Request::new(VerifyApiTokenRequest::default());
         bad.metadata_mut()
             .insert("authorization", "Bearer nope".parse().expect("ascii"));
@@ -214,7 +217,16 @@ fn metrics_are_exported_and_bounded() {
     let (status, body) = http_get(&server.metrics, "/metrics");
     assert!(status.contains("200"), "{status}");
     let list = r#"apitoken_grpc_requests_total{method="/apitoken.v1.ApiTokenService/ListApiTokens",code="OK"}"#;
-    assert_eq!(sample(&body, list), Some(1.0), "{body}");
+    assert_eq!(sample(&body, list), Some(5.0), "{body}");
+    // The repeats came from the page cache (a usage flush in between may
+    // have moved the namespace once).
+    let hits = sample(&body, r#"apitoken_list_cache_requests_total{result="hit"}"#);
+    let misses = sample(
+        &body,
+        r#"apitoken_list_cache_requests_total{result="miss"}"#,
+    );
+    assert_eq!(hits.unwrap_or(0.0) + misses.unwrap_or(0.0), 5.0, "{body}");
+    assert!(hits >= Some(3.0), "{body}");
     let verify = r#"apitoken_grpc_requests_total{method="/apitoken.v1.ApiTokenService/VerifyApiToken",code="UNAUTHENTICATED"}"#;
     assert_eq!(sample(&body, verify), Some(2.0), "{body}");
     let other = r#"apitoken_grpc_requests_total{method="other",code="UNIMPLEMENTED"}"#;
@@ -224,7 +236,7 @@ fn metrics_are_exported_and_bounded() {
         "caller-chosen paths became series"
     );
     for (series, value) in [
-        (r#"apitoken_verifications_total{outcome="ok"}"#, 1.0),
+        (r#"apitoken_verifications_total{outcome="ok"}"#, 5.0),
         (r#"apitoken_verifications_total{outcome="malformed"}"#, 1.0),
         (r#"apitoken_verifications_total{outcome="invalid"}"#, 1.0),
         (r#"apitoken_active_tokens{namespace="team-a"}"#, 1.0),
@@ -242,7 +254,7 @@ fn metrics_are_exported_and_bounded() {
         sample(
             &body,
             r#"apitoken_grpc_request_duration_seconds_count{method="/apitoken.v1.ApiTokenService/ListApiTokens"}"#
-        ) == Some(1.0),
+        ) == Some(5.0),
         "{body}"
     );
     assert!(body.contains("# TYPE apitoken_grpc_request_duration_seconds histogram"));
@@ -361,5 +373,5 @@ fn a_real_prometheus_scrapes_and_answers_queries() {
     let result = &answer["data"]["result"][0];
     assert_eq!(result["metric"]["job"], "apitoken");
     assert_eq!(result["metric"]["code"], "OK");
-    assert_eq!(result["value"][1], "1", "{answer}");
+    assert_eq!(result["value"][1], "5", "{answer}");
 }

@@ -24,10 +24,15 @@
 //! the log — at most one catch-up query every [`CATCH_UP_INTERVAL`], however
 //! many misses arrive.
 //!
+//! Pages of `ListApiTokens` are cached in a [`ListCache`], valid only at
+//! the generation their namespace had when they were read (any change of
+//! one of its tokens, from any path above, moves it).
+//!
 //! The follower also keeps the most recent events in a ring, from which the
 //! event streams (`WatchApiTokenEvents`) are served: a stream that is up to
 //! date costs no query, however many are open.
 
+pub mod lists;
 pub mod records;
 pub mod table;
 
@@ -48,6 +53,7 @@ use apitoken_store::{
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+pub use lists::{ListCache, ListKey, PageRecords};
 pub use records::RecordCache;
 pub use table::{AuthView, TokenTable, parse_uid};
 
@@ -71,6 +77,10 @@ pub struct IndexOptions {
     pub record_ttl: Duration,
     /// Most recent events kept for the event streams.
     pub ring_capacity: usize,
+    /// Most list pages cached.
+    pub list_cache_pages: usize,
+    /// Most records held by cached list pages, in all.
+    pub list_cache_records: usize,
 }
 
 impl Default for IndexOptions {
@@ -80,6 +90,8 @@ impl Default for IndexOptions {
             record_cache_capacity: 10_000,
             record_ttl: Duration::from_secs(2),
             ring_capacity: 8_192,
+            list_cache_pages: 1_024,
+            list_cache_records: 10_000,
         }
     }
 }
@@ -110,6 +122,7 @@ pub struct TokenIndex {
     options: IndexOptions,
     table: RwLock<TokenTable>,
     records: RecordCache,
+    lists: ListCache<TokenRecord>,
     /// One reader of the log at a time; holds when the last read started.
     tail: tokio::sync::Mutex<Option<Instant>>,
     cursor: AtomicI64,
@@ -144,6 +157,11 @@ impl TokenIndex {
         let (advanced, _) = watch::channel(0);
         let index = Arc::new(Self {
             records: RecordCache::new(options.record_cache_capacity, options.record_ttl),
+            lists: ListCache::new(
+                options.list_cache_pages,
+                options.list_cache_records,
+                options.record_ttl,
+            ),
             store: store.clone(),
             options,
             table: RwLock::new(TokenTable::default()),
@@ -235,6 +253,24 @@ impl TokenIndex {
         let record = Arc::new(self.store.get_by_uid(&view.uid_string()).await?);
         self.records.put(view.uid, Arc::clone(&record));
         Ok(record)
+    }
+
+    /// The generation of `namespace` (read it before querying a page to
+    /// cache: a change after that moves it).
+    pub fn generation(&self, namespace: &str) -> u64 {
+        self.read().generation(namespace)
+    }
+
+    /// The cached page for `key`, if its namespace is still at `generation`.
+    pub fn cached_page(&self, key: &ListKey, generation: u64) -> Option<PageRecords<TokenRecord>> {
+        let page = self.lists.get(key, generation);
+        crate::metrics::server().list_cache(page.is_some());
+        page
+    }
+
+    /// Caches a page read from the store at `generation`.
+    pub fn cache_page(&self, key: ListKey, generation: u64, records: PageRecords<TokenRecord>) {
+        self.lists.put(key, generation, records);
     }
 
     /// What the index holds.
@@ -478,8 +514,10 @@ impl TokenIndex {
             }
             Change::Used { uids } => {
                 // Replies show usage figures: read them again when asked.
+                let mut table = self.write();
                 for uid in uids.iter().filter_map(|uid| parse_uid(uid)) {
                     self.records.remove(uid);
+                    table.touch(uid);
                 }
                 return;
             }

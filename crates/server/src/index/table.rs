@@ -12,6 +12,10 @@
 //! about 135 bytes a token with a 12-character id (the benchmark records
 //! the resident memory of a server holding a million).
 //!
+//! Each namespace has a generation that changes with any of its tokens;
+//! cached list pages ([`super::lists`]) are valid only at the generation
+//! they were read at.
+//!
 //! Applying a row is idempotent and ordered by the row's `version`: an
 //! older row never replaces a newer one, whichever path (this process's own
 //! write, or the event log) brings it first.
@@ -19,7 +23,10 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use apitoken_domain::ratelimit::RateLimit;
@@ -165,6 +172,9 @@ pub struct TokenTable {
     /// Every namespace seen, by number; and the numbers by name.
     namespaces: Vec<Arc<str>>,
     namespace_numbers: HashMap<Arc<str>, u32>,
+    /// Each namespace's generation, by number: a fresh value (from
+    /// [`next_generation`]) whenever one of its tokens changes.
+    generations: Vec<u64>,
     /// The token ids' text, end to end; `garbage` bytes of it belong to no
     /// slot any more (compacted when they are most of it).
     arena: String,
@@ -179,6 +189,13 @@ impl Default for TokenTable {
     fn default() -> Self {
         Self::with_capacity(0)
     }
+}
+
+/// A generation never handed out before in this process (so that a table
+/// rebuilt from scratch never repeats one of the table it replaces).
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn uid_hash(uid: u128) -> u64 {
@@ -198,6 +215,7 @@ impl TokenTable {
             names: RandomState::new(),
             namespaces: Vec::new(),
             namespace_numbers: HashMap::new(),
+            generations: Vec::new(),
             arena: String::with_capacity(capacity.saturating_mul(16)),
             garbage: 0,
             len: 0,
@@ -380,7 +398,29 @@ impl TokenTable {
         self.slots[index as usize] = Some(slot);
         self.link(index);
         self.len += 1;
+        self.generations[namespace as usize] = next_generation();
         true
+    }
+
+    /// The generation of `namespace`: it changes whenever one of its tokens
+    /// is inserted, changed, removed or [touched](TokenTable::touch); 0 for
+    /// a namespace the table has never held a token of.
+    pub fn generation(&self, namespace: &str) -> u64 {
+        self.namespace_numbers
+            .get(namespace)
+            .map_or(0, |number| self.generations[*number as usize])
+    }
+
+    /// Marks the namespace of `uid` changed although its row's version is
+    /// not (its usage figures were written).
+    pub fn touch(&mut self, uid: u128) {
+        if let Some(number) = self
+            .uid_slot(uid)
+            .and_then(|index| self.slot(index))
+            .map(|slot| slot.namespace)
+        {
+            self.generations[number as usize] = next_generation();
+        }
     }
 
     /// Forgets the token with this uid (purged). Returns whether it was held.
@@ -397,6 +437,7 @@ impl TokenTable {
         self.unlink(index);
         if let Some(slot) = self.slots[index as usize].take() {
             self.garbage += usize::from(slot.token_id.len);
+            self.generations[slot.namespace as usize] = next_generation();
         }
         self.free.push(index);
         self.len -= 1;
@@ -437,6 +478,7 @@ impl TokenTable {
         let interned: Arc<str> = namespace.into();
         self.namespaces.push(Arc::clone(&interned));
         self.namespace_numbers.insert(interned, number);
+        self.generations.push(next_generation());
         Some(number)
     }
 
@@ -637,6 +679,37 @@ mod tests {
         assert!(table.find_by_hash(&revoked.secret_hash).is_none());
         assert!(table.find_by_name("team-a", "rotating").is_none());
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_namespace_generation_changes_with_each_of_its_tokens_only() {
+        let mut table = TokenTable::default();
+        assert_eq!(table.generation("team-a"), 0, "never held");
+        let first = row(1, "first");
+        table.upsert(&first);
+        let mut seen = vec![table.generation("team-a")];
+        let mut changed = first.clone();
+        changed.version = 2;
+        table.upsert(&changed);
+        seen.push(table.generation("team-a"));
+        // An older row changes nothing, so neither does the generation.
+        table.upsert(&first);
+        assert_eq!(table.generation("team-a"), seen[1]);
+        let uid = parse_uid(&first.uid).expect("uuid");
+        table.touch(uid);
+        seen.push(table.generation("team-a"));
+        let mut elsewhere = row(2, "other");
+        elsewhere.name = TokenName::from_stored("team-b", "other");
+        table.upsert(&elsewhere);
+        assert_eq!(table.generation("team-a"), seen[2], "another namespace");
+        table.remove(uid);
+        seen.push(table.generation("team-a"));
+        seen.dedup();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        // A rebuilt table never repeats a generation.
+        let mut rebuilt = TokenTable::default();
+        rebuilt.upsert(&first);
+        assert!(!seen.contains(&rebuilt.generation("team-a")));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct ServerMetrics {
     rate_limited_namespace: Counter,
     record_cache_hit: Counter,
     record_cache_miss: Counter,
+    list_cache_hit: Counter,
+    list_cache_miss: Counter,
 }
 
 /// The label of an authentication failure.
@@ -79,6 +81,8 @@ impl ServerMetrics {
             rate_limited_namespace: metrics::counter!(names::RATE_LIMITED, "scope" => "namespace"),
             record_cache_hit: metrics::counter!(names::RECORD_CACHE, "result" => "hit"),
             record_cache_miss: metrics::counter!(names::RECORD_CACHE, "result" => "miss"),
+            list_cache_hit: metrics::counter!(names::LIST_CACHE, "result" => "hit"),
+            list_cache_miss: metrics::counter!(names::LIST_CACHE, "result" => "miss"),
         }
     }
 
@@ -116,6 +120,15 @@ impl ServerMetrics {
             self.record_cache_hit.increment(1);
         } else {
             self.record_cache_miss.increment(1);
+        }
+    }
+
+    /// A list page was looked up in the page cache.
+    pub fn list_cache(&self, hit: bool) {
+        if hit {
+            self.list_cache_hit.increment(1);
+        } else {
+            self.list_cache_miss.increment(1);
         }
     }
 }

@@ -19,6 +19,8 @@ pub const RATE_LIMITED: &str = "apitoken_rate_limited_total";
 pub const RECORD_CACHE: &str = "apitoken_record_cache_requests_total";
 /// Full records cached.
 pub const RECORD_CACHE_ENTRIES: &str = "apitoken_record_cache_entries";
+/// Counter of `ListApiTokens` pages looked up in the page cache, by `result`.
+pub const LIST_CACHE: &str = "apitoken_list_cache_requests_total";
 /// Tokens in the in-memory verification index.
 pub const INDEX_TOKENS: &str = "apitoken_index_tokens";
 /// The last event the index applied.
@@ -74,6 +76,10 @@ pub fn describe() {
     describe_counter!(RATE_LIMITED, "Calls refused by a rate limit, by scope");
     describe_counter!(RECORD_CACHE, "Lookups in the cache of full token records");
     describe_gauge!(RECORD_CACHE_ENTRIES, "Full token records cached");
+    describe_counter!(
+        LIST_CACHE,
+        "Lookups of ListApiTokens pages in the page cache"
+    );
     describe_gauge!(INDEX_TOKENS, "Tokens in the in-memory verification index");
     describe_gauge!(INDEX_CURSOR, "The last event the index applied");
     describe_gauge!(

@@ -192,6 +192,17 @@ fn next_page<T>(
     records.last().map(token_after).unwrap_or_default()
 }
 
+/// [`next_page`] for records that are shared (a cached page): the page's
+/// rows, and the token of the next page, empty on the last one.
+fn page_of<T>(records: &[T], page_size: u64, token_after: impl Fn(&T) -> String) -> (&[T], String) {
+    let shown = usize::try_from(page_size).unwrap_or(usize::MAX);
+    if records.len() <= shown {
+        return (records, String::new());
+    }
+    let page = &records[..shown];
+    (page, page.last().map(token_after).unwrap_or_default())
+}
+
 /// Runs a handler with room for its rate-limit decision, and puts the
 /// `x-ratelimit-*` headers on its reply, success or error.
 async fn with_rate_headers<T>(

@@ -4,6 +4,7 @@
 
 use super::limits::requested_limit;
 use super::*;
+use crate::index::{ListKey, PageRecords};
 
 /// The mutable fields of a token, as named in an update mask
 /// (`rate_limit`, the older form of `limit`, is taken as `limit`).
@@ -62,22 +63,53 @@ impl ApiTokenService {
 
         let now = self.clock.now();
         let include_revoked = request.show_revoked || filter.asks_for_revoked();
-        let mut records = self
-            .store
-            .list(&ListQuery {
+        // A page whose rows only change with the rows themselves is served
+        // from the page cache while its namespace is unchanged.
+        let index = self.auth.index();
+        let cache = (!filter.depends_on_time()).then(|| {
+            let key = ListKey {
                 namespace: namespace.as_str().to_owned(),
-                filter,
+                filter: request.filter.clone(),
                 include_revoked,
                 before_id,
                 limit: page_size + 1,
-                now,
-            })
-            .await?;
-        let next_page_token = next_page(&mut records, page_size, |last| {
+            };
+            // Read before the query: a change from now on moves it.
+            let generation = index.generation(namespace.as_str());
+            (key, generation)
+        });
+        let cached = cache
+            .as_ref()
+            .and_then(|(key, generation)| index.cached_page(key, *generation));
+        let records: PageRecords<TokenRecord> = match cached {
+            Some(records) => records,
+            None => {
+                let records: PageRecords<TokenRecord> = self
+                    .store
+                    .list(&ListQuery {
+                        namespace: namespace.as_str().to_owned(),
+                        filter,
+                        include_revoked,
+                        before_id,
+                        limit: page_size + 1,
+                        now,
+                    })
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect::<Vec<_>>()
+                    .into();
+                if let Some((key, generation)) = cache {
+                    index.cache_page(key, generation, Arc::clone(&records));
+                }
+                records
+            }
+        };
+        let (page, next_page_token) = page_of(&records, page_size, |last| {
             page::encode(&self.keys, query, last.id)
         });
         Ok(v1::ListApiTokensResponse {
-            api_tokens: records
+            api_tokens: page
                 .iter()
                 .map(|record| self.present(record, now))
                 .collect(),
