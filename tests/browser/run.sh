@@ -8,8 +8,10 @@
 # with an owner and a viewer token of team-a and an owner token of team-b
 # (`apitoken-server bootstrap`), starts the server with the console on a
 # free loopback port, runs the suite, stops the server (SIGTERM) and checks
-# that its log holds no secret. Screenshots go to tests/browser/screenshots/
-# (the README shows two of them).
+# that its log holds no secret. Screenshots go to
+# tests/browser/screenshots/scratch/ (ignored; failures land there too);
+# `APITOKEN_SCREENSHOTS=tests/browser/screenshots tests/browser/run.sh`
+# rewrites the ones the README shows.
 #
 # Needs: cargo, jq, python3 with tests/browser/requirements.txt, and
 # Debian's chromium and chromium-driver (CHROMIUM and CHROMEDRIVER override

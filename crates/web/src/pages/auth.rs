@@ -194,7 +194,7 @@ pub async fn sign_out<S: ApiTokenService>(
     ctx: Ctx,
     form: Result<Form, FormRejection>,
 ) -> Response {
-    let (auth, _) = match console.check_form(&ctx, fields(form), false) {
+    let (auth, _) = match console.check_form(&ctx, fields(form)) {
         Ok(checked) => checked,
         Err(response) => return *response,
     };

@@ -135,7 +135,7 @@ pub async fn create<S: ApiTokenService>(
     ctx: Ctx,
     form: Result<Form, FormRejection>,
 ) -> Response {
-    let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
+    let (auth, fields) = match console.check_form(&ctx, fields(form)) {
         Ok(checked) => checked,
         Err(response) => return *response,
     };

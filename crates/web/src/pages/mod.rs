@@ -43,7 +43,9 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Whether the signed-in token may change tokens.
+    /// Whether to offer an owner's actions (buttons, the create and revoke
+    /// pages). Presentation only: every change and the audit log are
+    /// allowed or refused by the service.
     pub fn owner(&self) -> bool {
         self.identity.role == Role::Owner
     }
@@ -107,13 +109,13 @@ impl<S: ApiTokenService> Console<S> {
     }
 
     /// The checks of every form that changes something: same site, signed
-    /// in, this session's CSRF token, and (when `owner`) an owner token.
-    /// `Err` is the response to send instead.
+    /// in, this session's CSRF token. Whether the token may do what the form
+    /// asks is the service's decision (its `PERMISSION_DENIED` becomes a 403
+    /// page), never the console's. `Err` is the response to send instead.
     pub(crate) fn check_form(
         &self,
         ctx: &Ctx,
         fields: Result<Fields, ApiError>,
-        owner: bool,
     ) -> Result<(Auth, Fields), Box<Response>> {
         let anonymous = Layout {
             title: String::new(),
@@ -130,9 +132,6 @@ impl<S: ApiTokenService> Console<S> {
             fields.map_err(|error| Box::new(reply::api_error_page(layout.clone(), &error)))?;
         if !same(fields.get("csrf"), &auth.csrf) {
             return Err(Box::new(reply::forbidden_csrf(layout)));
-        }
-        if owner && !auth.owner() {
-            return Err(Box::new(reply::forbidden_role(layout)));
         }
         Ok((auth, fields))
     }

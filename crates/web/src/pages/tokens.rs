@@ -31,8 +31,6 @@ use crate::{
 
 /// Rows on one page of the list.
 const PAGE_SIZE: i32 = 25;
-/// Longest grace period offered when regenerating (the API bounds it too).
-const MAX_GRACE_SECONDS: i64 = 7 * 24 * 3600;
 
 const ROLE_CHOICES: [(&str, &str); 4] = [
     ("", "Any role"),
@@ -367,7 +365,7 @@ pub async fn update<S: ApiTokenService>(
     Path(id): Path<String>,
     form: Result<Form, FormRejection>,
 ) -> Response {
-    let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
+    let (auth, fields) = match console.check_form(&ctx, fields(form)) {
         Ok(checked) => checked,
         Err(response) => return *response,
     };
@@ -422,7 +420,7 @@ pub async fn regenerate<S: ApiTokenService>(
     Path(id): Path<String>,
     form: Result<Form, FormRejection>,
 ) -> Response {
-    let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
+    let (auth, fields) = match console.check_form(&ctx, fields(form)) {
         Ok(checked) => checked,
         Err(response) => return *response,
     };
@@ -434,9 +432,10 @@ pub async fn regenerate<S: ApiTokenService>(
         );
     }
     let grace = match fields.get("grace").parse::<i64>() {
-        Ok(seconds) if (0..=MAX_GRACE_SECONDS).contains(&seconds) => seconds,
+        // How long a grace may be is the service's rule (`--max-grace`).
+        Ok(seconds) if seconds >= 0 => seconds,
         _ => {
-            let error = ApiError::field("grace", "must be a number of seconds up to 7 days");
+            let error = ApiError::field("grace", "must be a number of seconds");
             return token_page(
                 &console,
                 &auth,
@@ -536,7 +535,7 @@ pub async fn revoke<S: ApiTokenService>(
     Path(id): Path<String>,
     form: Result<Form, FormRejection>,
 ) -> Response {
-    let (auth, fields) = match console.check_form(&ctx, fields(form), true) {
+    let (auth, fields) = match console.check_form(&ctx, fields(form)) {
         Ok(checked) => checked,
         Err(response) => return *response,
     };
