@@ -565,6 +565,7 @@ async fn the_outage_policy_serves_verified_tokens_for_its_grace_only(mut server:
         .await
         .expect("served under the outage policy");
     assert!(example.auth.stats().outage_hits >= 1);
+    assert!(example.auth.stats().outage_active, "the gauge says so");
     // ...but a token never verified still fails closed.
     let status = client
         .list_items(authed(&uncached, list()))
@@ -580,6 +581,10 @@ async fn the_outage_policy_serves_verified_tokens_for_its_grace_only(mut server:
         )
     })
     .await;
+    assert!(
+        !example.auth.stats().outage_active,
+        "the gauge falls back to 0 when the grace ends"
+    );
     server.restart().await;
     example.stop().await;
 }

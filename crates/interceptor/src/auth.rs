@@ -45,6 +45,9 @@ pub struct StatsSnapshot {
     pub outage_hits: u64,
     /// Times apitoken refused this service's own credential.
     pub credential_refusals: u64,
+    /// Whether cached tokens are being served under the outage policy now
+    /// (the `outage_active` gauge).
+    pub outage_active: bool,
 }
 
 /// State shared by the layers and background tasks of one [`ApiTokenAuth`].
@@ -180,6 +183,7 @@ impl ApiTokenAuth {
             invalidations: stats.invalidations.get(),
             outage_hits: stats.outage_hits.get(),
             credential_refusals: stats.credential_refusals.get(),
+            outage_active: self.shared.outage.load(Ordering::Relaxed),
         }
     }
 
@@ -457,9 +461,22 @@ impl Shared {
                 silence.is_some_and(|silence| silence < self.settings.staleness_bound + grace)
             });
             if !within_grace {
+                // The grace is over: nothing is served under the policy
+                // any more, whatever the stream does next.
+                if self.outage.load(Ordering::Relaxed) && self.outage.swap(false, Ordering::Relaxed)
+                {
+                    crate::metrics::outage_active(false);
+                    warn!(
+                        namespace = watch.namespace(),
+                        "the outage policy's grace is over: failing closed until apitoken's event stream is back"
+                    );
+                }
                 return Ok(None);
             }
-            if self.stats.outage_hits.add() == 0 || !self.outage.swap(true, Ordering::Relaxed) {
+            self.stats.outage_hits.add();
+            // Read first: a store on every hit would bounce the line
+            // between cores.
+            if !self.outage.load(Ordering::Relaxed) && !self.outage.swap(true, Ordering::Relaxed) {
                 crate::metrics::outage_active(true);
                 warn!(
                     namespace = watch.namespace(),
