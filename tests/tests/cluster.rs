@@ -199,6 +199,7 @@ macro_rules! cluster_tests {
     ($($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not(apitoken_postgres), ignore = "PostgreSQL variant: set APITOKEN_TEST_POSTGRES_URL (then cargo rebuilds the tests)")]
             async fn $name() {
                 let _one_at_a_time = SERIAL.lock().await;
                 super::$name().await;

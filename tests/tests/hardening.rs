@@ -38,6 +38,10 @@ async fn unauthenticated_callers_choose_no_audit_log_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(apitoken_postgres),
+    ignore = "PostgreSQL variant: set APITOKEN_TEST_POSTGRES_URL (then cargo rebuilds the tests)"
+)]
 async fn unauthenticated_callers_choose_no_audit_log_postgres() {
     unauthenticated_callers_choose_no_audit_log(apitoken_tests::Backend::Postgres).await;
 }

@@ -22,7 +22,7 @@ use tonic_types::StatusExt;
 macro_rules! limit_tests {
     ($($name:ident),* $(,)?) => {
         mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(apitoken_tests::Backend::Sqlite).await; } )* }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(apitoken_tests::Backend::Postgres).await; } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] #[cfg_attr(not(apitoken_postgres), ignore = "PostgreSQL variant: set APITOKEN_TEST_POSTGRES_URL (then cargo rebuilds the tests)")] async fn $name() { super::$name(apitoken_tests::Backend::Postgres).await; } )* }
     };
 }
 
@@ -31,6 +31,7 @@ limit_tests!(
     role_defaults_are_the_seeds,
     namespace_aggregate_binds_every_token,
     failed_authentication_is_throttled_per_peer,
+    the_throttle_cannot_be_steered_by_caller_address,
     quota_refuses_and_recovers,
     rate_limit_overrides_are_validated,
     filters_find_unused_and_expiring_tokens,
@@ -294,6 +295,56 @@ async fn failed_authentication_is_throttled_per_peer(backend: Backend) {
         .await
         .expect_err("unknown");
     assert_eq!(status.code(), Code::Unauthenticated, "after retry-after");
+}
+
+/// `caller_address` is honoured only from interceptors: a guesser naming a
+/// new address per guess is still throttled by where it calls from, and
+/// naming a victim's address spends none of the victim's budget.
+async fn the_throttle_cannot_be_steered_by_caller_address(backend: Backend) {
+    let limits = Limits {
+        failed_auth_limit: RateLimit::per_minute(5),
+        ..Limits::default()
+    };
+    let Some(server) = server_with(backend, limits).await else {
+        return;
+    };
+    let (_, interceptor) = server.create_interceptor("gateway").await;
+    let mut client = server.client().await;
+    let unknown = || {
+        apitoken_domain::token::TokenFormat::default()
+            .generate()
+            .unwrap()
+            .expose()
+            .to_owned()
+    };
+    let victim = "203.0.113.5";
+    let guess = |secret: String, caller_address: String| VerifyApiTokenRequest {
+        secret,
+        caller_address,
+    };
+    // Six guesses, each naming another address, one naming the victim's.
+    for n in 0..5 {
+        let status = client
+            .verify_api_token(guess(unknown(), format!("198.51.100.{n}")))
+            .await
+            .expect_err("unknown");
+        assert_eq!(status.code(), Code::Unauthenticated, "guess {n}");
+    }
+    let status = client
+        .verify_api_token(guess(unknown(), victim.to_owned()))
+        .await
+        .expect_err("throttled");
+    assert_rate_limited(&status, "address 127.0.0.1");
+    // The victim's own budget is whole: an interceptor verifying for it
+    // (entitled to name the address) is told "unknown", not "throttled",
+    // five times over.
+    for n in 0..5 {
+        let status = client
+            .verify_api_token(authed(&interceptor, guess(unknown(), victim.to_owned())))
+            .await
+            .expect_err("unknown");
+        assert_eq!(status.code(), Code::Unauthenticated, "victim's guess {n}");
+    }
 }
 
 async fn quota_refuses_and_recovers(backend: Backend) {

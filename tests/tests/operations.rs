@@ -217,6 +217,10 @@ async fn usage_is_counted_and_flushed(server: TestServer) {
 /// session that never lets go) fails as UNAVAILABLE after the configured
 /// wait instead of hanging, and succeeds once the lock is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(apitoken_postgres),
+    ignore = "PostgreSQL variant: set APITOKEN_TEST_POSTGRES_URL (then cargo rebuilds the tests)"
+)]
 async fn a_held_event_lock_fails_writes_in_time_instead_of_hanging() {
     let Some(server) = TestServer::start_with(
         Backend::Postgres,
@@ -290,6 +294,10 @@ async fn a_held_event_lock_fails_writes_in_time_instead_of_hanging() {
 /// PostgreSQL only: dropping the database under the server turns health to
 /// NOT_SERVING and calls to UNAVAILABLE, never a panic or a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(apitoken_postgres),
+    ignore = "PostgreSQL variant: set APITOKEN_TEST_POSTGRES_URL (then cargo rebuilds the tests)"
+)]
 async fn postgres_outage_turns_health_not_serving() {
     let Some(server) = TestServer::start(Backend::Postgres).await else {
         return;

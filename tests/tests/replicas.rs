@@ -28,6 +28,7 @@ macro_rules! replica_tests {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(apitoken_postgres), ignore = "PostgreSQL variant: set APITOKEN_TEST_POSTGRES_URL (then cargo rebuilds the tests)")]
                 async fn $name() {
                     let _one_at_a_time = super::SERIAL.lock().await;
                     let mut options = super::Options::default();
