@@ -79,6 +79,27 @@ pub async fn bind(listen: WebListen) -> Result<Option<TcpListener>, String> {
     }
 }
 
+/// The console's requests in the server's metrics
+/// (`apitoken_web_requests_total{route,status}` and their durations).
+/// Bounded: routes are the console's patterns (or `other`), statuses the
+/// console's own replies.
+#[derive(Debug)]
+struct WebMetrics;
+
+impl apitoken_web::Observer for WebMetrics {
+    fn answered(&self, route: &str, status: u16, elapsed: Duration) {
+        use crate::metrics::names;
+        metrics::counter!(
+            names::WEB_REQUESTS,
+            "route" => route.to_owned(),
+            "status" => status.to_string()
+        )
+        .increment(1);
+        metrics::histogram!(names::WEB_REQUEST_DURATION, "route" => route.to_owned())
+            .record(elapsed.as_secs_f64());
+    }
+}
+
 /// Serves the console for `service` on `listener` until `stopping`.
 pub fn spawn(
     listener: TcpListener,
@@ -91,7 +112,7 @@ pub fn spawn(
         tls: tls.is_some(),
         ..WebConfig::default()
     };
-    let router = Console::new(service, clock, config).router();
+    let router = Console::observed(service, clock, config, Some(Arc::new(WebMetrics))).router();
     let local = listener.local_addr().ok();
     // `console=`, never `address=`: scripts and tests read the gRPC
     // address from the first `address=` of the log.

@@ -289,6 +289,55 @@ fn metrics_are_exported_and_bounded() {
     assert!(status.contains("404"), "{status}");
 }
 
+/// The web console's requests are counted by route pattern and status,
+/// never by the path a browser sent.
+#[test]
+fn web_console_requests_are_counted_by_route() {
+    let mut server = start(&["--web-listen", "127.0.0.1:0"]);
+    let console_of = |line: &str| {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        value.get("console")?.as_str().map(str::to_owned)
+    };
+    let mut console = server.log.iter().find_map(|line| console_of(line));
+    while console.is_none() {
+        let line = server
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the console starts");
+        console = console_of(&line);
+        server.log.push(line);
+    }
+    let console = console.expect("console address");
+    let (status, _) = http_get(&console, "/sign-in");
+    assert!(status.contains("200"), "{status}");
+    for n in 0..50 {
+        let (status, _) = http_get(&console, &format!("/made-up/{n}"));
+        assert!(status.contains("404"), "{status}");
+    }
+    let (status, _) = http_get(&console, "/tokens/some-token");
+    assert!(status.contains("303"), "signed out: {status}");
+
+    let (_, body) = http_get(&server.metrics, "/metrics");
+    let count = |route: &str, status: &str| {
+        body.lines()
+            .filter(|line| line.starts_with("apitoken_web_requests_total{"))
+            .filter(|line| {
+                line.contains(&format!("route=\"{route}\""))
+                    && line.contains(&format!("status=\"{status}\""))
+            })
+            .find_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(count("/sign-in", "200"), Some(1.0), "{body}");
+    assert_eq!(count("other", "404"), Some(50.0), "{body}");
+    assert_eq!(count("/tokens/{id}", "303"), Some(1.0), "{body}");
+    assert!(!body.contains("made-up"), "browser paths became series");
+    assert!(!body.contains("some-token"), "browser paths became series");
+    assert!(
+        body.contains("apitoken_web_request_duration_seconds_count{route=\"/sign-in\"} 1"),
+        "{body}"
+    );
+}
+
 #[test]
 fn json_logs_carry_request_and_trace_ids() {
     let mut server = start(&[]);

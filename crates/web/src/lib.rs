@@ -24,7 +24,7 @@ pub mod serve;
 pub mod session;
 pub mod views;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use apitoken_domain::clock::SharedClock;
 use apitoken_proto::v1::api_token_service_server::ApiTokenService;
@@ -49,6 +49,17 @@ pub struct WebConfig {
     pub sessions: SessionConfig,
 }
 
+/// Told of every answered web request (the server counts them in its
+/// metrics). `route` is the route's pattern (`/tokens/{id}`), or `other`
+/// for a path no route serves: never the path a browser sent.
+pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
+    /// A request to `route` was answered with `status` after `elapsed`.
+    fn answered(&self, route: &str, status: u16, elapsed: Duration);
+}
+
+/// The route label of requests no route serves.
+pub const OTHER_ROUTE: &str = "other";
+
 /// The console over `S`, the service layer of the gRPC API.
 #[derive(Debug)]
 pub struct Console<S> {
@@ -56,17 +67,29 @@ pub struct Console<S> {
     sessions: SessionStore,
     config: WebConfig,
     clock: SharedClock,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl<S: ApiTokenService> Console<S> {
     /// The console calling `api`, with `clock` for badges and expiry
     /// choices.
     pub fn new(api: S, clock: SharedClock, config: WebConfig) -> Arc<Self> {
+        Self::observed(api, clock, config, None)
+    }
+
+    /// [`Console::new`], telling `observer` of every answered request.
+    pub fn observed(
+        api: S,
+        clock: SharedClock,
+        config: WebConfig,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             api,
             sessions: SessionStore::new(config.sessions),
             config,
             clock,
+            observer,
         })
     }
 
@@ -117,6 +140,33 @@ impl<S: ApiTokenService> Console<S> {
             .fallback(reply::not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(axum::middleware::map_response(reply::security_headers))
+            .layer(axum::middleware::from_fn_with_state(
+                self.observer.clone(),
+                observe,
+            ))
             .with_state(Arc::clone(self))
     }
+}
+
+/// Times each request and tells the observer, by route pattern.
+async fn observe(
+    axum::extract::State(observer): axum::extract::State<Option<Arc<dyn Observer>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(observer) = observer else {
+        return next.run(request).await;
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    observer.answered(
+        route.as_deref().unwrap_or(OTHER_ROUTE),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }

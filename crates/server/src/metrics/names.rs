@@ -19,6 +19,11 @@ pub const RATE_LIMITED: &str = "apitoken_rate_limited_total";
 pub const RECORD_CACHE: &str = "apitoken_record_cache_requests_total";
 /// Full records cached.
 pub const RECORD_CACHE_ENTRIES: &str = "apitoken_record_cache_entries";
+/// Counter of web console requests, by `route` (the route's pattern, or
+/// `other`) and HTTP `status`.
+pub const WEB_REQUESTS: &str = "apitoken_web_requests_total";
+/// Histogram of web console request durations, by `route`.
+pub const WEB_REQUEST_DURATION: &str = "apitoken_web_request_duration_seconds";
 /// Counter of `ListApiTokens` pages looked up in the page cache, by `result`.
 pub const LIST_CACHE: &str = "apitoken_list_cache_requests_total";
 /// Tokens in the in-memory verification index.
