@@ -65,6 +65,8 @@ pub struct ApiError {
     pub message: String,
     /// Each offending field and why (from `BadRequest`).
     pub fields: Vec<(String, String)>,
+    /// Seconds to wait before trying again (the service's `retry-after`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -74,6 +76,7 @@ impl ApiError {
             code,
             message: message.into(),
             fields: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -83,6 +86,7 @@ impl ApiError {
             code: Code::InvalidArgument,
             message: "Some fields need attention.".into(),
             fields: vec![(field.into(), reason.into())],
+            retry_after: None,
         }
     }
 
@@ -114,6 +118,14 @@ impl From<Status> for ApiError {
             })
             .unwrap_or_default();
         let code = status.code();
+        // The service's own header: whole seconds, at most a day believed.
+        let retry_after = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .filter(|text| text.len() <= 6)
+            .and_then(|text| text.parse::<u64>().ok())
+            .map(|seconds| seconds.min(86_400));
         let message = match code {
             Code::InvalidArgument if !fields.is_empty() => "Some fields need attention.".to_owned(),
             Code::InvalidArgument
@@ -129,7 +141,13 @@ impl From<Status> for ApiError {
                 "This token is no longer accepted (revoked, expired or regenerated): sign in again."
                     .into()
             }
-            Code::ResourceExhausted => "Too many requests: wait a moment and try again.".into(),
+            Code::ResourceExhausted => match retry_after {
+                Some(seconds) => format!(
+                    "Too many requests: try again in {seconds} second{}.",
+                    if seconds == 1 { "" } else { "s" }
+                ),
+                None => "Too many requests: wait a moment and try again.".into(),
+            },
             Code::Unavailable => "The service is unavailable right now: try again shortly.".into(),
             _ => "Something went wrong on the server; it has been logged.".into(),
         };
@@ -137,6 +155,7 @@ impl From<Status> for ApiError {
             code,
             message,
             fields,
+            retry_after,
         }
     }
 }

@@ -206,14 +206,25 @@ pub fn forbidden_role(layout: Layout) -> Response {
 /// The page of a refusal by the service.
 pub fn api_error_page(layout: Layout, error: &ApiError) -> Response {
     let status = error.http_status();
-    error_page(
+    let response = error_page(
         status,
         Layout {
             title: status.canonical_reason().unwrap_or("Error").into(),
             ..layout
         },
         Problem::from(error),
-    )
+    );
+    with_retry_after(response, error)
+}
+
+/// `response` with the service's `Retry-After`, when `error` has one.
+pub fn with_retry_after(mut response: Response, error: &ApiError) -> Response {
+    if let Some(seconds) = error.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// A `Set-Cookie` value with the console's flags.

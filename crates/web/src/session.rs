@@ -2,8 +2,12 @@
 //! token held only in this process's memory.
 //!
 //! A session ends at sign out, after [`SessionConfig::idle`] without a
-//! request, after [`SessionConfig::absolute`] whatever happens, or when the
-//! store is full and it is the oldest ([`SessionConfig::max_sessions`]).
+//! request, after [`SessionConfig::absolute`] whatever happens, or to make
+//! room for a new one. Making room never lets one caller end another's
+//! sessions: a token past [`SessionConfig::max_per_token`] loses its own
+//! oldest session, and a full store ([`SessionConfig::max_sessions`]) loses
+//! the oldest session of the busiest token of the namespace holding the
+//! most sessions, so whoever fills the store pays for it.
 //! Each session has its own CSRF token, compared in constant time.
 
 use std::{
@@ -26,8 +30,12 @@ pub struct SessionConfig {
     pub idle: Duration,
     /// A session ends this long after sign-in, used or not.
     pub absolute: Duration,
-    /// Most sessions at once; signing in beyond it ends the oldest.
+    /// Most sessions at once (about 300 bytes each); signing in beyond it
+    /// ends a session of the namespace holding the most.
     pub max_sessions: usize,
+    /// Most sessions of one token; signing in beyond it ends that token's
+    /// oldest.
+    pub max_per_token: usize,
 }
 
 impl Default for SessionConfig {
@@ -35,7 +43,8 @@ impl Default for SessionConfig {
         Self {
             idle: Duration::from_secs(30 * 60),
             absolute: Duration::from_secs(8 * 60 * 60),
-            max_sessions: 1000,
+            max_sessions: 10_000,
+            max_per_token: 8,
         }
     }
 }
@@ -101,6 +110,47 @@ pub fn same(given: &str, expected: &str) -> bool {
     given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
+/// The id of the oldest session that `pick` selects.
+fn oldest_of(
+    sessions: &HashMap<SessionId, Session>,
+    pick: impl Fn(&Session) -> bool,
+) -> Option<SessionId> {
+    sessions
+        .iter()
+        .filter(|(_, session)| pick(session))
+        .min_by_key(|(_, session)| session.created)
+        .map(|(id, _)| id.clone())
+}
+
+/// The key holding the most of `keys` (the first such, in a stable order).
+fn busiest<'a>(keys: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for key in keys {
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by(|(a, x), (b, y)| x.cmp(y).then_with(|| b.cmp(a)))
+        .map(|(key, _)| key)
+}
+
+/// The session a full store gives up: the oldest of the busiest token of
+/// the namespace that holds the most sessions.
+fn fair_victim(sessions: &HashMap<SessionId, Session>) -> Option<SessionId> {
+    let namespace = busiest(
+        sessions
+            .values()
+            .map(|session| session.identity.namespace.as_str()),
+    )?;
+    let token = busiest(
+        sessions
+            .values()
+            .filter(|session| session.identity.namespace == namespace)
+            .map(|session| session.identity.token_name.as_str()),
+    )?;
+    oldest_of(sessions, |session| session.identity.token_name == token)
+}
+
 /// The sessions of this process.
 #[derive(Debug, Clone, Default)]
 pub struct SessionStore {
@@ -131,15 +181,25 @@ impl SessionStore {
         let now = Instant::now();
         let mut sessions = self.lock();
         self.prune(&mut sessions, now);
-        while sessions.len() >= self.config.max_sessions.max(1) {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, session)| session.created)
-                .map(|(id, _)| id.clone());
-            match oldest {
-                Some(oldest) => sessions.remove(&oldest),
-                None => break,
+        let per_token = self.config.max_per_token.max(1);
+        while sessions
+            .values()
+            .filter(|session| session.identity.token_name == identity.token_name)
+            .count()
+            >= per_token
+        {
+            let Some(oldest) = oldest_of(&sessions, |session| {
+                session.identity.token_name == identity.token_name
+            }) else {
+                break;
             };
+            sessions.remove(&oldest);
+        }
+        while sessions.len() >= self.config.max_sessions.max(1) {
+            let Some(victim) = fair_victim(&sessions) else {
+                break;
+            };
+            sessions.remove(&victim);
         }
         sessions.insert(
             id.clone(),
@@ -213,21 +273,69 @@ mod tests {
         }
     }
 
+    fn of(namespace: &str, token: &str) -> Identity {
+        Identity {
+            token_name: format!("namespaces/{namespace}/apitokens/{token}"),
+            namespace: namespace.into(),
+            role: Role::Viewer,
+        }
+    }
+
     #[test]
-    fn bounded_and_oldest_evicted() {
+    fn a_token_past_its_share_loses_its_own_oldest() {
         let store = SessionStore::new(SessionConfig {
-            max_sessions: 2,
+            max_per_token: 2,
             ..SessionConfig::default()
         });
-        let first = store.create(Secret::new("t1"), identity()).expect("id");
-        let second = store.create(Secret::new("t2"), identity()).expect("id");
-        let third = store.create(Secret::new("t3"), identity()).expect("id");
-        assert_eq!(store.len(), 2);
+        let other = store
+            .create(Secret::new("o"), of("a", "other"))
+            .expect("id");
+        let first = store.create(Secret::new("t"), identity()).expect("id");
+        let second = store.create(Secret::new("t"), identity()).expect("id");
+        let third = store.create(Secret::new("t"), identity()).expect("id");
+        assert_eq!(store.len(), 3);
         assert!(store.with(first.as_str(), |_| ()).is_none());
         assert!(store.with(second.as_str(), |_| ()).is_some());
         assert!(store.with(third.as_str(), |_| ()).is_some());
+        assert!(store.with(other.as_str(), |_| ()).is_some());
         store.end(third.as_str());
         assert!(store.with(third.as_str(), |_| ()).is_none());
+    }
+
+    #[test]
+    fn a_full_store_is_paid_for_by_whoever_filled_it() {
+        let store = SessionStore::new(SessionConfig {
+            max_sessions: 6,
+            max_per_token: 100,
+            ..SessionConfig::default()
+        });
+        let victim = store
+            .create(Secret::new("v"), of("b", "victim"))
+            .expect("id");
+        let neighbour = store.create(Secret::new("n"), of("c", "n")).expect("id");
+        // One namespace signs in again and again, with two tokens.
+        for round in 0..50 {
+            let token = if round % 3 == 0 { "x" } else { "y" };
+            store.create(Secret::new("a"), of("a", token)).expect("id");
+            assert!(store.len() <= 6);
+        }
+        assert!(store.with(victim.as_str(), |_| ()).is_some());
+        assert!(store.with(neighbour.as_str(), |_| ()).is_some());
+        // Within the namespace, the busier token gave way: both still hold one.
+        let holders = |token: &str| {
+            store
+                .lock()
+                .values()
+                .filter(|s| s.identity.token_name.ends_with(token))
+                .count()
+        };
+        assert_eq!(holders("/x") + holders("/y"), 4);
+        assert!(holders("/x") >= 1 && holders("/y") >= 1);
+        // The store is full of another namespace's sessions: a newcomer
+        // still signs in, and the busiest namespace pays.
+        let newcomer = store.create(Secret::new("w"), of("d", "w")).expect("id");
+        assert!(store.with(newcomer.as_str(), |_| ()).is_some());
+        assert!(store.with(victim.as_str(), |_| ()).is_some());
     }
 
     #[test]

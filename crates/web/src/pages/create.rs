@@ -166,9 +166,12 @@ pub async fn create<S: ApiTokenService>(
         Err(error) if error.code == tonic::Code::Unauthenticated => {
             console.failure(&auth, auth.layout("Create token", "tokens"), &error)
         }
-        Err(error) => reply::render(
-            error.http_status(),
-            &page(&auth, kept, Some(Problem::from(&error))),
+        Err(error) => reply::with_retry_after(
+            reply::render(
+                error.http_status(),
+                &page(&auth, kept, Some(Problem::from(&error))),
+            ),
+            &error,
         ),
     }
 }

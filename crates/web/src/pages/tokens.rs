@@ -111,10 +111,12 @@ pub async fn list<S: ApiTokenService>(
             });
             (rows, next, None)
         }
-        Err(error) if error.code == tonic::Code::Unauthenticated => {
-            return console.failure(&auth, layout, &error);
+        // A filter the service refused is shown beside the filter form;
+        // anything else (signed out, 429, unavailable) is its own page.
+        Err(error) if error.code == tonic::Code::InvalidArgument => {
+            (Vec::new(), None, Some(Problem::from(&error)))
         }
-        Err(error) => (Vec::new(), None, Some(Problem::from(&error))),
+        Err(error) => return console.failure(&auth, layout, &error),
     };
     let status = if problem.is_some() {
         StatusCode::BAD_REQUEST
@@ -170,6 +172,12 @@ async fn fetch<S: ApiTokenService>(
 }
 
 /// Everything the API says of `token`.
+/// `key=value` of every label, by key (a map has no order of its own).
+fn sorted_labels(token: &v1::ApiToken) -> Vec<String> {
+    let sorted: BTreeMap<&String, &String> = token.labels.iter().collect();
+    sorted.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
 fn facts(token: &v1::ApiToken) -> Vec<Fact> {
     let mut facts = Vec::new();
     let mut fact = |term: &str, value: String| {
@@ -183,12 +191,7 @@ fn facts(token: &v1::ApiToken) -> Vec<Fact> {
     fact("Name", token.display_name.clone());
     fact("Description", token.description.clone());
     fact("Role", role_name(token.role));
-    let labels: Vec<String> = token
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    fact("Labels", labels.join(", "));
+    fact("Labels", sorted_labels(token).join(", "));
     fact(
         "Created",
         format!(
@@ -247,13 +250,14 @@ fn lower_roles(current: i32) -> Vec<crate::views::Choice> {
     choices(&options, current.as_str())
 }
 
-/// The token page of `id`, with an optional problem or note.
+/// The token page of `id`, with an optional problem (whose status the
+/// page takes: 400 for a field, 409 for a stale etag) or note.
 async fn token_page<S: ApiTokenService>(
     console: &crate::Console<S>,
     auth: &Auth,
     ctx: &Ctx,
     id: &str,
-    problem: Option<Problem>,
+    problem: Option<&ApiError>,
     note: Option<String>,
 ) -> Response {
     let layout = auth.layout(id, "tokens");
@@ -261,17 +265,9 @@ async fn token_page<S: ApiTokenService>(
         Ok(token) => token,
         Err(error) => return console.failure(auth, layout, &error),
     };
-    let status = if problem.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    let labels_text = token
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let status = problem.map_or(StatusCode::OK, ApiError::http_status);
+    let problem = problem.map(Problem::from);
+    let labels_text = sorted_labels(&token).join("\n");
     reply::render(
         status,
         &TokenPage {
@@ -399,15 +395,7 @@ pub async fn update<S: ApiTokenService>(
         Err(error)
             if error.code == tonic::Code::InvalidArgument || error.code == tonic::Code::Aborted =>
         {
-            token_page(
-                &console,
-                &auth,
-                &ctx,
-                &id,
-                Some(Problem::from(&error)),
-                None,
-            )
-            .await
+            token_page(&console, &auth, &ctx, &id, Some(&error), None).await
         }
         Err(error) => console.failure(&auth, layout, &error),
     }
@@ -436,15 +424,7 @@ pub async fn regenerate<S: ApiTokenService>(
         Ok(seconds) if seconds >= 0 => seconds,
         _ => {
             let error = ApiError::field("grace", "must be a number of seconds");
-            return token_page(
-                &console,
-                &auth,
-                &ctx,
-                &id,
-                Some(Problem::from(&error)),
-                None,
-            )
-            .await;
+            return token_page(&console, &auth, &ctx, &id, Some(&error), None).await;
         }
     };
     let request = v1::RegenerateApiTokenRequest {
@@ -470,15 +450,7 @@ pub async fn regenerate<S: ApiTokenService>(
             reply::redirect(&format!("/secret?token={id}"))
         }
         Err(error) if error.code == tonic::Code::InvalidArgument => {
-            token_page(
-                &console,
-                &auth,
-                &ctx,
-                &id,
-                Some(Problem::from(&error)),
-                None,
-            )
-            .await
+            token_page(&console, &auth, &ctx, &id, Some(&error), None).await
         }
         Err(error) => console.failure(&auth, layout, &error),
     }
