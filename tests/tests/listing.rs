@@ -274,6 +274,25 @@ async fn filters_on_role_and_state(server: TestServer) {
         .await),
         ["editor-1", "editor-2", "viewer-1"]
     );
+    // `!=` holds for a token with no expiry (no SQL NULL swallows it).
+    assert_eq!(
+        ids(list(
+            &server,
+            &server.owner,
+            filtered("state != STATE_EXPIRED AND role = editor", true)
+        )
+        .await),
+        ["editor-1", "editor-2", "revoked-1"]
+    );
+    assert_eq!(
+        ids(list(
+            &server,
+            &server.owner,
+            filtered("state != STATE_ACTIVE AND role != owner", true)
+        )
+        .await),
+        ["expiring-1", "revoked-1"]
+    );
     let status = client
         .list_api_tokens(authed(&server.owner, filtered("colour = blue", false)))
         .await

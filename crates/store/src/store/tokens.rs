@@ -505,8 +505,12 @@ pub(super) fn state_condition(state: TokenState, now: DateTime<Utc>) -> Conditio
                 .add(Column::ExpireTime.is_null())
                 .add(Column::ExpireTime.gt(now)),
         ),
+        // `IS NOT NULL` keeps the condition two-valued: without it a token
+        // with no expiry makes it NULL, and `state != EXPIRED` (its NOT)
+        // would drop that token.
         TokenState::Expired => Condition::all()
             .add(Column::RevokeTime.is_null())
+            .add(Column::ExpireTime.is_not_null())
             .add(Column::ExpireTime.lte(now)),
         TokenState::Revoked => Condition::all().add(Column::RevokeTime.is_not_null()),
     }
