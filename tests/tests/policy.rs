@@ -27,6 +27,7 @@ macro_rules! policy_tests {
 
 policy_tests!(
     expiry_policy_refuses_and_defaults,
+    a_maximum_lifetime_refuses_a_token_that_never_expires,
     warnings_are_emitted_once_per_lead_time,
     unused_tokens_are_revoked_by_the_inactivity_rule,
     revoked_and_expired_tokens_are_purged_after_retention,
@@ -206,6 +207,43 @@ async fn expiry_policy_refuses_and_defaults(backend: Backend) {
     assert_eq!(
         defaulted.api_token.expect("token").expire_time,
         Some(in_seconds(&server, 30 * 86_400))
+    );
+}
+
+/// `max=90d` alone (not `required`): a token with no expiry would outlive
+/// it, so it is refused like one of 91 days; one within it is created.
+async fn a_maximum_lifetime_refuses_a_token_that_never_expires(backend: Backend) {
+    let capped = ExpiryPolicy {
+        required: false,
+        max_lifetime: Some(Duration::from_secs(90 * DAY)),
+        default_lifetime: None,
+    };
+    let policy = Policy {
+        namespace_expiry: HashMap::from([(NAMESPACE.to_owned(), capped)]),
+        ..Policy::default()
+    };
+    let Some(server) = server_with(backend, policy).await else {
+        return;
+    };
+    let mut client = server.client().await;
+    let status = client
+        .create_api_token(authed(&server.owner, create("forever", None, None)))
+        .await
+        .expect_err("never expiring");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), ["api_token.expire_time"]);
+    assert!(status.message().contains("90d"), "{}", status.message());
+    let created = client
+        .create_api_token(authed(
+            &server.owner,
+            create("quarterly", None, Some(Duration::from_secs(90 * DAY))),
+        ))
+        .await
+        .expect("within the maximum")
+        .into_inner();
+    assert_eq!(
+        created.api_token.expect("token").expire_time,
+        Some(in_seconds(&server, 90 * 86_400))
     );
 }
 

@@ -112,10 +112,17 @@ impl ApiTokenService {
                 .and_then(|lifetime| chrono::Duration::from_std(lifetime).ok())
                 .and_then(|lifetime| now.checked_add_signed(lifetime))
         });
-        if expire_time.is_none() && policy.required {
-            let description = format!(
-                "is required by the expiry policy of namespace {namespace}: set api_token.expire_time or ttl"
-            );
+        // A token that never expires outlives any maximum lifetime.
+        if expire_time.is_none() && (policy.required || policy.max_lifetime.is_some()) {
+            let description = match policy.max_lifetime {
+                Some(max) => format!(
+                    "is required by the expiry policy of namespace {namespace} (tokens live at most {}): set api_token.expire_time or ttl",
+                    human(max)
+                ),
+                None => format!(
+                    "is required by the expiry policy of namespace {namespace}: set api_token.expire_time or ttl"
+                ),
+            };
             return Err(self
                 .refuse_by_policy(
                     &context,
