@@ -344,12 +344,8 @@ impl Authenticator {
     }
 
     fn record_use(&self, view: &AuthView, client: Option<IpAddr>) {
-        self.usage.record(
-            &view.namespace,
-            &view.uid_string(),
-            self.clock.now(),
-            client.map(|ip| ip.to_string()),
-        );
+        self.usage
+            .record(&view.namespace, view.uid, self.clock.now(), client);
     }
 
     /// Counts a failure against the client; past its budget the caller gets

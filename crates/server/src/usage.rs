@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -13,16 +14,35 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tracing::warn;
 
-/// A token: namespace and uid.
-type TokenKey = (String, String);
-/// Uses since the last flush, the latest of them, and its caller's address.
-type Pending = (i64, DateTime<Utc>, Option<String>);
+/// One token's uses since the last flush: no allocation per use (the
+/// namespace is the index's interned name, the address a plain `IpAddr`).
+#[derive(Debug, Clone)]
+struct Pending {
+    namespace: Arc<str>,
+    count: i64,
+    last_use_time: DateTime<Utc>,
+    last_use_ip: Option<IpAddr>,
+}
+
+impl Pending {
+    /// Adds `count` uses, keeping the latest time and the address seen then.
+    fn merge(&mut self, count: i64, at: DateTime<Utc>, ip: Option<IpAddr>) {
+        self.count = self.count.saturating_add(count);
+        if at >= self.last_use_time {
+            self.last_use_time = at;
+            if ip.is_some() {
+                self.last_use_ip = ip;
+            }
+        }
+    }
+}
 
 /// Counts uses and flushes them to the store.
 #[derive(Debug)]
 pub struct UsageRecorder {
     store: TokenStore,
-    pending: Mutex<HashMap<TokenKey, Pending>>,
+    /// By token uid. At most one entry a token: bounded by the tokens.
+    pending: Mutex<HashMap<u128, Pending>>,
 }
 
 impl UsageRecorder {
@@ -35,41 +55,44 @@ impl UsageRecorder {
     }
 
     /// Counts one use of the token `uid` of `namespace` at `at` by `ip`.
-    pub fn record(&self, namespace: &str, uid: &str, at: DateTime<Utc>, ip: Option<String>) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        merge(
-            &mut pending,
-            (namespace.to_owned(), uid.to_owned()),
-            (1, at, ip),
-        );
+    pub fn record(&self, namespace: &Arc<str>, uid: u128, at: DateTime<Utc>, ip: Option<IpAddr>) {
+        let mut pending = self.lock();
+        merge(&mut pending, uid, namespace, 1, at, ip);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Pending>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes everything counted so far. On failure the counts are kept for
     /// the next flush: nothing is lost.
     pub async fn flush(&self) {
-        let batch: Vec<UsageReport> = {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending
-                .drain()
-                .map(
-                    |((namespace, uid), (count, last_use_time, last_use_ip))| UsageReport {
-                        namespace,
-                        uid,
-                        count,
-                        last_use_time,
-                        last_use_ip,
-                    },
-                )
-                .collect()
-        };
+        // A fresh map: a burst's capacity is given back, not kept.
+        let drained = std::mem::take(&mut *self.lock());
+        if drained.is_empty() {
+            return;
+        }
+        let batch: Vec<UsageReport> = drained
+            .iter()
+            .map(|(uid, pending)| UsageReport {
+                namespace: pending.namespace.to_string(),
+                uid: uuid::Uuid::from_u128(*uid).hyphenated().to_string(),
+                count: pending.count,
+                last_use_time: pending.last_use_time,
+                last_use_ip: pending.last_use_ip.map(|ip| ip.to_string()),
+            })
+            .collect();
         if let Err(error) = self.store.record_usage(&batch).await {
             warn!(error = %error, tokens = batch.len(), "usage flush failed; will retry");
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            for report in batch {
+            let mut pending = self.lock();
+            for (uid, kept) in drained {
                 merge(
                     &mut pending,
-                    (report.namespace, report.uid),
-                    (report.count, report.last_use_time, report.last_use_ip),
+                    uid,
+                    &kept.namespace,
+                    kept.count,
+                    kept.last_use_time,
+                    kept.last_use_ip,
                 );
             }
         }
@@ -96,15 +119,50 @@ impl UsageRecorder {
     }
 }
 
-/// Adds uses to a token's pending figures, keeping the latest time and the
-/// address seen then.
-fn merge(pending: &mut HashMap<TokenKey, Pending>, key: TokenKey, (count, at, ip): Pending) {
-    let entry = pending.entry(key).or_insert((0, at, None));
-    entry.0 = entry.0.saturating_add(count);
-    if at >= entry.1 {
-        entry.1 = at;
-        if ip.is_some() {
-            entry.2 = ip;
+/// Adds `count` uses of `uid` to its pending figures.
+fn merge(
+    pending: &mut HashMap<u128, Pending>,
+    uid: u128,
+    namespace: &Arc<str>,
+    count: i64,
+    at: DateTime<Utc>,
+    ip: Option<IpAddr>,
+) {
+    match pending.get_mut(&uid) {
+        Some(entry) => entry.merge(count, at, ip),
+        None => {
+            pending.insert(
+                uid,
+                Pending {
+                    namespace: Arc::clone(namespace),
+                    count,
+                    last_use_time: at,
+                    last_use_ip: ip,
+                },
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uses_merge_saturating_keeping_the_latest_address() {
+        let namespace: Arc<str> = Arc::from("team-a");
+        let mut pending = HashMap::new();
+        let early = DateTime::from_timestamp(1_000, 0).expect("time");
+        let late = DateTime::from_timestamp(2_000, 0).expect("time");
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        merge(&mut pending, 7, &namespace, 1, late, Some(a));
+        merge(&mut pending, 7, &namespace, i64::MAX, early, Some(b));
+        merge(&mut pending, 7, &namespace, 1, late, None);
+        let entry = &pending[&7];
+        assert_eq!(entry.count, i64::MAX);
+        assert_eq!(entry.last_use_time, late);
+        assert_eq!(entry.last_use_ip, Some(a), "an earlier use does not win");
+        assert_eq!(pending.len(), 1);
     }
 }

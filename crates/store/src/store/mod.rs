@@ -186,6 +186,9 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// SQLite's page cache of each pooled connection, in KiB.
+const SQLITE_CACHE_KIB: u32 = 512;
+
 impl TokenStore {
     /// Connects to `url` (`sqlite://path.db`, `postgres://…`). A SQLite file
     /// is created if missing and put in WAL mode.
@@ -195,7 +198,13 @@ impl TokenStore {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .connect_timeout(options.acquire_timeout)
-            .sqlx_logging(false);
+            .sqlx_logging(false)
+            // SQLite's page cache is per connection (2 MiB each by default,
+            // 20 MiB for the pool); verification and reads come from the
+            // index, so a smaller one costs little and bounds the memory.
+            .map_sqlx_sqlite_opts(|sqlite| {
+                sqlite.pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"))
+            });
         let db = Database::connect(connect).await.map_err(|error| {
             warn!(url = %redact_url(url), error = %error, "cannot connect to the database");
             Error::Unavailable(format!(
