@@ -399,7 +399,7 @@ impl App {
             self.keys.clone(),
             Arc::clone(&self.clock),
             events,
-            policy,
+            Arc::clone(&policy),
         );
         let web_listener = match self.web_listener {
             Some(listener) => Some(listener),
@@ -418,6 +418,7 @@ impl App {
                 service.clone(),
                 Arc::clone(&self.clock),
                 tls.clone(),
+                Arc::clone(&policy),
                 stopping.clone(),
             )
         });

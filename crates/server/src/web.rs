@@ -13,7 +13,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use apitoken_domain::clock::SharedClock;
-use apitoken_web::{Connection, Console, WebConfig};
+use apitoken_web::{Connection, Console, ExpiryRules, Hooks, NamespacePolicy, WebConfig};
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
@@ -21,7 +21,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{service::ApiTokenService, tls::TlsReloader};
+use crate::{policy::Policy, service::ApiTokenService, tls::TlsReloader};
 
 /// The default address of the console.
 pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:50053";
@@ -100,19 +100,40 @@ impl apitoken_web::Observer for WebMetrics {
     }
 }
 
+/// The server's expiry policy as the create form's choices (the service,
+/// which owns the rules, still checks every request).
+#[derive(Debug)]
+struct ConsolePolicy(Arc<Policy>);
+
+impl NamespacePolicy for ConsolePolicy {
+    fn expiry(&self, namespace: &str) -> ExpiryRules {
+        let policy = self.0.expiry(namespace);
+        ExpiryRules {
+            required: policy.required,
+            max_lifetime: policy.max_lifetime,
+            default_lifetime: policy.default_lifetime,
+        }
+    }
+}
+
 /// Serves the console for `service` on `listener` until `stopping`.
 pub fn spawn(
     listener: TcpListener,
     service: ApiTokenService,
     clock: SharedClock,
     tls: Option<Arc<TlsReloader>>,
+    policy: Arc<Policy>,
     mut stopping: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let config = WebConfig {
         tls: tls.is_some(),
         ..WebConfig::default()
     };
-    let router = Console::observed(service, clock, config, Some(Arc::new(WebMetrics))).router();
+    let hooks = Hooks {
+        observer: Some(Arc::new(WebMetrics)),
+        policy: Some(Arc::new(ConsolePolicy(policy))),
+    };
+    let router = Console::hooked(service, clock, config, hooks).router();
     let local = listener.local_addr().ok();
     // `console=`, never `address=`: scripts and tests read the gRPC
     // address from the first `address=` of the log.

@@ -201,3 +201,66 @@ async fn a_grace_past_the_services_bound_is_refused_by_the_service() {
     let page = browser.get("/tokens/ci-deploy").await;
     assert!(page.body.contains("Previous secret works until"));
 }
+
+#[tokio::test]
+async fn the_create_form_offers_what_the_expiry_policy_allows() {
+    use apitoken_server::policy::ExpiryPolicy;
+    let server = start_with(|config| {
+        config.policy.namespace_expiry.insert(
+            "team-a".into(),
+            ExpiryPolicy {
+                required: false,
+                max_lifetime: Some(Duration::from_secs(90 * 86_400)),
+                default_lifetime: None,
+            },
+        );
+    })
+    .await;
+    let mut browser = Browser::new(server.web);
+    browser.sign_in(&server.owner).await;
+    let form = browser.get("/tokens/new").await;
+    assert_eq!(form.status, 200);
+    for offered in ["30", "90", "custom"] {
+        assert!(
+            form.body.contains(&format!("id=\"expiry-{offered}\"")),
+            "{offered} is offered"
+        );
+    }
+    for withheld in ["365", "never"] {
+        assert!(
+            !form.body.contains(&format!("id=\"expiry-{withheld}\"")),
+            "{withheld} is not offered"
+        );
+    }
+    let latest = (chrono::Utc::now() + chrono::Duration::days(90))
+        .format("%Y-%m-%d")
+        .to_string();
+    assert!(form.body.contains(&format!("max=\"{latest}\"")));
+    assert!(form.body.contains("tokens live at most 90 days"));
+    // A forged choice is the service's to refuse, naming its limit.
+    for (forged, field) in [("365", "ttl"), ("never", "api_token.expire_time")] {
+        let refused = support::create(
+            &mut browser,
+            &format!("t-{forged}"),
+            "viewer",
+            &[("expiry", forged)],
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{forged}: {}", refused.body);
+        assert!(refused.body.contains(field), "{forged}: {}", refused.body);
+        assert!(refused.body.contains("90d"), "{forged}: {}", refused.body);
+    }
+    assert_eq!(
+        create(&mut browser, "quarterly", "viewer", &[("expiry", "90")])
+            .await
+            .status,
+        303
+    );
+    // Another namespace, with no rule, is offered every choice.
+    let mut other = Browser::new(server.web);
+    other.sign_in(&server.other).await;
+    let open = other.get("/tokens/new").await;
+    assert!(open.body.contains("id=\"expiry-never\""));
+    assert!(open.body.contains("id=\"expiry-365\""));
+    assert!(!open.body.contains("expiry-policy"));
+}

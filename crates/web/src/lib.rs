@@ -57,6 +57,35 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     fn answered(&self, route: &str, status: u16, elapsed: Duration);
 }
 
+/// What a namespace's expiry policy allows a new token (the server's
+/// `--expiry-required`, `--max-token-lifetime`, `--default-token-lifetime`
+/// and their per-namespace forms). The create form offers only choices the
+/// service would accept; the service still decides every request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiryRules {
+    /// A token must expire.
+    pub required: bool,
+    /// The longest lifetime from creation.
+    pub max_lifetime: Option<Duration>,
+    /// The lifetime of a token created without expiry.
+    pub default_lifetime: Option<Duration>,
+}
+
+/// The deployment's rules, as the server's policy states them.
+pub trait NamespacePolicy: Send + Sync + std::fmt::Debug + 'static {
+    /// The expiry rules of `namespace`.
+    fn expiry(&self, namespace: &str) -> ExpiryRules;
+}
+
+/// What the server plugs into the console.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Told of every answered request.
+    pub observer: Option<Arc<dyn Observer>>,
+    /// The expiry rules the create form offers (none: every choice).
+    pub policy: Option<Arc<dyn NamespacePolicy>>,
+}
+
 /// The route label of requests no route serves.
 pub const OTHER_ROUTE: &str = "other";
 
@@ -67,30 +96,34 @@ pub struct Console<S> {
     sessions: SessionStore,
     config: WebConfig,
     clock: SharedClock,
-    observer: Option<Arc<dyn Observer>>,
+    hooks: Hooks,
 }
 
 impl<S: ApiTokenService> Console<S> {
     /// The console calling `api`, with `clock` for badges and expiry
     /// choices.
     pub fn new(api: S, clock: SharedClock, config: WebConfig) -> Arc<Self> {
-        Self::observed(api, clock, config, None)
+        Self::hooked(api, clock, config, Hooks::default())
     }
 
-    /// [`Console::new`], telling `observer` of every answered request.
-    pub fn observed(
-        api: S,
-        clock: SharedClock,
-        config: WebConfig,
-        observer: Option<Arc<dyn Observer>>,
-    ) -> Arc<Self> {
+    /// [`Console::new`] with the server's `hooks`.
+    pub fn hooked(api: S, clock: SharedClock, config: WebConfig, hooks: Hooks) -> Arc<Self> {
         Arc::new(Self {
             api,
             sessions: SessionStore::new(config.sessions),
             config,
             clock,
-            observer,
+            hooks,
         })
+    }
+
+    /// The expiry rules of `namespace` (none known: no rule).
+    pub(crate) fn expiry_rules(&self, namespace: &str) -> ExpiryRules {
+        self.hooks
+            .policy
+            .as_ref()
+            .map(|policy| policy.expiry(namespace))
+            .unwrap_or_default()
     }
 
     /// The sessions.
@@ -141,7 +174,7 @@ impl<S: ApiTokenService> Console<S> {
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(axum::middleware::map_response(reply::security_headers))
             .layer(axum::middleware::from_fn_with_state(
-                self.observer.clone(),
+                self.hooks.observer.clone(),
                 observe,
             ))
             .with_state(Arc::clone(self))

@@ -258,8 +258,12 @@ pub struct CreatePage {
     pub form: BTreeMap<String, String>,
     /// Roles up to the signed-in token's own.
     pub roles: Vec<Choice>,
-    /// Expiry choices.
+    /// Expiry choices (those the namespace's policy allows).
     pub expiries: Vec<Choice>,
+    /// The latest custom date the policy allows (`YYYY-MM-DD`).
+    pub latest_date: Option<String>,
+    /// The policy's maximum lifetime, in words.
+    pub policy_hint: Option<String>,
     /// Why the last attempt failed.
     pub problem: Option<Problem>,
 }

@@ -16,18 +16,57 @@ use http::StatusCode;
 
 use super::{Auth, Form, Query, Shared, fields, forms, query, tokens, valid_id};
 use crate::{
+    ExpiryRules,
     api::ApiError,
     reply::{self, Ctx, Fields},
     views::{CreatePage, Problem, SecretPage, choices},
 };
 
-const EXPIRY_CHOICES: [(&str, &str); 5] = [
-    ("30", "30 days"),
-    ("90", "90 days"),
-    ("365", "1 year"),
-    ("custom", "Custom date"),
-    ("never", "Never"),
-];
+/// The lifetimes offered, in days.
+const EXPIRY_DAYS: [(u64, &str); 3] = [(30, "30 days"), (90, "90 days"), (365, "1 year")];
+
+const DAY_SECONDS: u64 = 86_400;
+
+/// The expiry choices `rules` allow, as `(value, label)`: the lifetimes
+/// within the maximum, a custom date, and "never" only where a token may
+/// have no expiry (or, under a default lifetime, "the policy's default").
+fn expiry_options(rules: ExpiryRules) -> Vec<(String, String)> {
+    let fits = |days: u64| {
+        rules
+            .max_lifetime
+            .is_none_or(|max| days * DAY_SECONDS <= max.as_secs())
+    };
+    let mut options: Vec<(String, String)> = EXPIRY_DAYS
+        .iter()
+        .filter(|(days, _)| fits(*days))
+        .map(|(days, label)| (days.to_string(), (*label).to_owned()))
+        .collect();
+    options.push(("custom".into(), "Custom date".into()));
+    match rules.default_lifetime {
+        Some(default) => options.push((
+            "never".into(),
+            format!("The policy's default ({})", lifetime(default)),
+        )),
+        None if !rules.required && rules.max_lifetime.is_none() => {
+            options.push(("never".into(), "Never".into()));
+        }
+        None => {}
+    }
+    options
+}
+
+/// `30 days`, `36 hours`: a lifetime in words.
+fn lifetime(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    let (count, unit) = if seconds % DAY_SECONDS == 0 {
+        (seconds / DAY_SECONDS, "day")
+    } else if seconds % 3600 == 0 {
+        (seconds / 3600, "hour")
+    } else {
+        (seconds.div_ceil(60), "minute")
+    };
+    format!("{count} {unit}{}", if count == 1 { "" } else { "s" })
+}
 
 /// The names of the form's fields kept when it is shown again.
 const FORM_FIELDS: [&str; 7] = [
@@ -40,7 +79,13 @@ const FORM_FIELDS: [&str; 7] = [
     "labels",
 ];
 
-fn page(auth: &Auth, form: BTreeMap<String, String>, problem: Option<Problem>) -> CreatePage {
+fn page(
+    auth: &Auth,
+    rules: ExpiryRules,
+    today: chrono::NaiveDate,
+    form: BTreeMap<String, String>,
+    problem: Option<Problem>,
+) -> CreatePage {
     let own = auth.identity.role;
     let options: Vec<(&str, &str)> = Role::ALL
         .iter()
@@ -48,11 +93,35 @@ fn page(auth: &Auth, form: BTreeMap<String, String>, problem: Option<Problem>) -
         .map(|role| (role.as_str(), forms::role_label(*role)))
         .collect();
     let role = form.get("role").map_or("viewer", String::as_str);
-    let expiry = form.get("expiry").map_or("90", String::as_str);
+    let expiries = expiry_options(rules);
+    let offered = |value: &str| expiries.iter().any(|(option, _)| option == value);
+    let expiry = match form.get("expiry") {
+        Some(asked) if offered(asked) => asked.clone(),
+        _ if offered("90") => "90".to_owned(),
+        _ => expiries
+            .first()
+            .map_or_else(|| "custom".to_owned(), |(value, _)| value.clone()),
+    };
+    let pairs: Vec<(&str, &str)> = expiries
+        .iter()
+        .map(|(value, label)| (value.as_str(), label.as_str()))
+        .collect();
+    // The latest date the policy allows, for the date picker and a hint.
+    let latest = rules
+        .max_lifetime
+        .map(|max| chrono::Days::new(max.as_secs() / DAY_SECONDS))
+        .and_then(|days| today.checked_add_days(days));
     CreatePage {
         layout: auth.layout("Create token", "tokens"),
         roles: choices(&options, role),
-        expiries: choices(&EXPIRY_CHOICES, expiry),
+        expiries: choices(&pairs, &expiry),
+        latest_date: latest.map(|date| date.format("%Y-%m-%d").to_string()),
+        policy_hint: rules.max_lifetime.map(|max| {
+            format!(
+                "This namespace's policy: tokens live at most {}.",
+                lifetime(max)
+            )
+        }),
         form,
         problem,
     }
@@ -66,7 +135,12 @@ pub async fn form<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx
     if !auth.owner() {
         return reply::forbidden_role(auth.layout("Create token", "tokens"));
     }
-    reply::render(StatusCode::OK, &page(&auth, BTreeMap::new(), None))
+    let rules = console.expiry_rules(&auth.identity.namespace);
+    let today = console.now().date_naive();
+    reply::render(
+        StatusCode::OK,
+        &page(&auth, rules, today, BTreeMap::new(), None),
+    )
 }
 
 /// The `CreateApiTokenRequest` of `fields`, checked as far as the console
@@ -169,7 +243,13 @@ pub async fn create<S: ApiTokenService>(
         Err(error) => reply::with_retry_after(
             reply::render(
                 error.http_status(),
-                &page(&auth, kept, Some(Problem::from(&error))),
+                &page(
+                    &auth,
+                    console.expiry_rules(&auth.identity.namespace),
+                    console.now().date_naive(),
+                    kept,
+                    Some(Problem::from(&error)),
+                ),
             ),
             &error,
         ),
@@ -208,4 +288,49 @@ pub async fn secret<S: ApiTokenService>(
             secret: reveal.map(|reveal| reveal.secret.expose().to_owned()),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn values(rules: ExpiryRules) -> Vec<String> {
+        expiry_options(rules)
+            .into_iter()
+            .map(|(value, _)| value)
+            .collect()
+    }
+
+    #[test]
+    fn the_choices_are_those_of_the_policy() {
+        assert_eq!(
+            values(ExpiryRules::default()),
+            ["30", "90", "365", "custom", "never"]
+        );
+        let capped = ExpiryRules {
+            max_lifetime: Some(Duration::from_secs(90 * DAY_SECONDS)),
+            ..ExpiryRules::default()
+        };
+        assert_eq!(values(capped), ["30", "90", "custom"]);
+        let required = ExpiryRules {
+            required: true,
+            ..ExpiryRules::default()
+        };
+        assert_eq!(values(required), ["30", "90", "365", "custom"]);
+        let defaulted = ExpiryRules {
+            required: true,
+            max_lifetime: Some(Duration::from_secs(7 * DAY_SECONDS)),
+            default_lifetime: Some(Duration::from_secs(7 * DAY_SECONDS)),
+        };
+        let options = expiry_options(defaulted);
+        assert_eq!(options.len(), 2);
+        assert_eq!(
+            options[1],
+            ("never".into(), "The policy's default (7 days)".into())
+        );
+        assert_eq!(lifetime(Duration::from_secs(36 * 3600)), "36 hours");
+        assert_eq!(lifetime(Duration::from_secs(90)), "2 minutes");
+    }
 }
