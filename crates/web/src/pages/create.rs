@@ -58,9 +58,9 @@ fn expiry_options(rules: ExpiryRules) -> Vec<(String, String)> {
 /// `30 days`, `36 hours`: a lifetime in words.
 fn lifetime(duration: std::time::Duration) -> String {
     let seconds = duration.as_secs();
-    let (count, unit) = if seconds % DAY_SECONDS == 0 {
+    let (count, unit) = if seconds.is_multiple_of(DAY_SECONDS) {
         (seconds / DAY_SECONDS, "day")
-    } else if seconds % 3600 == 0 {
+    } else if seconds.is_multiple_of(3600) {
         (seconds / 3600, "hour")
     } else {
         (seconds.div_ceil(60), "minute")
