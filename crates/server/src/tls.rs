@@ -52,9 +52,30 @@ fn stamp(path: &Path) -> Stamp {
 #[derive(Debug)]
 pub struct TlsReloader {
     files: TlsFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    /// gRPC's (ALPN `h2`) and the web console's (`h2`, `http/1.1`).
+    current: RwLock<Configs>,
     stamps: Mutex<Vec<Stamp>>,
     generation: AtomicU64,
+}
+
+/// One certificate set, as each listener offers it.
+#[derive(Debug)]
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    web: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn of(grpc: ServerConfig) -> Self {
+        let mut web = grpc.clone();
+        // Browsers speak HTTP/2, but scripts and older tools HTTP/1.1: a
+        // client offering only that would be refused the handshake.
+        web.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self {
+            grpc: Arc::new(grpc),
+            web: Arc::new(web),
+        }
+    }
 }
 
 impl TlsReloader {
@@ -64,7 +85,7 @@ impl TlsReloader {
         let config = build(&files)?;
         Ok(TlsReloader {
             files,
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(Configs::of(config)),
             stamps: Mutex::new(stamps),
             generation: AtomicU64::new(1),
         })
@@ -88,10 +109,17 @@ impl TlsReloader {
         self.generation.load(Ordering::Relaxed)
     }
 
-    /// An acceptor with the current configuration.
+    /// An acceptor with the current configuration (gRPC: ALPN `h2`).
     pub fn acceptor(&self) -> TlsAcceptor {
-        let config = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        TlsAcceptor::from(Arc::clone(&config))
+        let configs = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        TlsAcceptor::from(Arc::clone(&configs.grpc))
+    }
+
+    /// An acceptor for the web console: the same certificate, ALPN `h2`
+    /// or `http/1.1`.
+    pub fn web_acceptor(&self) -> TlsAcceptor {
+        let configs = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        TlsAcceptor::from(Arc::clone(&configs.web))
     }
 
     /// Reads the files again if any changed since the last attempt: `None`
@@ -118,7 +146,7 @@ impl TlsReloader {
 
     fn reload_now(&self) -> Result<(), String> {
         let config = build(&self.files)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Configs::of(config);
         self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

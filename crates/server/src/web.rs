@@ -6,8 +6,8 @@
 //! starts without a console and says so); an address given explicitly
 //! must be bound or the server does not start. Plaintext only on loopback
 //! unless `--plaintext`, as for gRPC; under `--tls-cert` the console
-//! serves TLS with the same certificate (reloaded with it) and its cookies
-//! are `Secure`. At most [`MAX_CONNECTIONS`] connections, each with a TLS
+//! serves TLS with the same certificate (reloaded with it; ALPN `h2` and
+//! `http/1.1`, where gRPC offers `h2` only) and its cookies are `Secure`. At most [`MAX_CONNECTIONS`] connections, each with a TLS
 //! handshake bound of [`HANDSHAKE_TIMEOUT`]; stops with the server.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -161,7 +161,7 @@ pub fn spawn(
             let _ = stream.set_nodelay(true);
             let connection = Connection { remote, local };
             let router = router.clone();
-            let tls = tls.as_ref().map(|tls| tls.acceptor());
+            let tls = tls.as_ref().map(|tls| tls.web_acceptor());
             let mut stop = stopping.clone();
             tokio::spawn(async move {
                 let _permit = permit;

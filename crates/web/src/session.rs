@@ -349,6 +349,23 @@ mod tests {
     }
 
     #[test]
+    fn absolute_expiry_ends_a_session_in_use() {
+        let store = SessionStore::new(SessionConfig {
+            absolute: Duration::from_millis(60),
+            ..SessionConfig::default()
+        });
+        let id = store.create(Secret::new("t"), identity()).expect("id");
+        // Used every 20 ms, never idle: it still ends at 60 ms.
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(store.with(id.as_str(), |_| ()).is_some());
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(store.with(id.as_str(), |_| ()).is_none());
+        assert!(store.is_empty());
+    }
+
+    #[test]
     fn ids_are_random_and_compared_in_full() {
         let a = random_hex().expect("random");
         let b = random_hex().expect("random");

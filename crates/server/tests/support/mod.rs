@@ -133,11 +133,27 @@ impl Reply {
     }
 }
 
-/// A cookie-keeping HTTP/1.1 client.
+/// A cookie-keeping HTTP/1.1 client, over TLS when given a connector.
 pub struct Browser {
     pub addr: SocketAddr,
     pub cookies: BTreeMap<String, String>,
     pub seen: Vec<String>,
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// Sends `request` over `io` (plain or TLS) with HTTP/1.1.
+async fn exchange<T>(
+    io: T,
+    request: http::Request<Full<Bytes>>,
+) -> http::Response<hyper::body::Incoming>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    sender.send_request(request).await.expect("response")
 }
 
 impl Browser {
@@ -146,6 +162,27 @@ impl Browser {
             addr,
             cookies: BTreeMap::new(),
             seen: Vec::new(),
+            tls: None,
+        }
+    }
+
+    /// A browser that speaks TLS (ALPN `http/1.1` only) and trusts `ca`.
+    pub fn with_tls(
+        addr: SocketAddr,
+        ca: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    ) -> Self {
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).expect("ca");
+        let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+            ..Self::new(addr)
         }
     }
 
@@ -156,13 +193,6 @@ impl Browser {
         form: Option<&[(&str, &str)]>,
         extra: &[(&str, &str)],
     ) -> Reply {
-        let stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
         let mut request = http::Request::builder()
             .method(method)
             .uri(path)
@@ -190,10 +220,22 @@ impl Browser {
             }
             None => String::new(),
         };
-        let response = sender
-            .send_request(request.body(Full::new(Bytes::from(body))).expect("request"))
+        let request = request.body(Full::new(Bytes::from(body))).expect("request");
+        let stream = tokio::net::TcpStream::connect(self.addr)
             .await
-            .expect("response");
+            .expect("connect");
+        let response = match &self.tls {
+            None => exchange(stream, request).await,
+            Some(connector) => {
+                let name =
+                    tokio_rustls::rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .expect("TLS handshake");
+                exchange(stream, request).await
+            }
+        };
         let status = response.status().as_u16();
         let headers: Vec<(String, String)> = response
             .headers()
