@@ -393,7 +393,10 @@ async fn out_of_range_times_and_durations_are_refused(server: TestServer) {
         assert_invalid(&status, "ttl", "36525 days");
     }
     // Year 10000 was stored, and clients then failed to decode the reply.
-    for seconds in [253_402_300_800, 200 * 365 * 86_400 + 1_800_000_000] {
+    for (seconds, limit) in [
+        (253_402_300_800, "9999"),
+        (200 * 365 * 86_400 + 1_800_000_000, "36525 days"),
+    ] {
         let status = client
             .create_api_token(create(
                 "far-future",
@@ -405,7 +408,7 @@ async fn out_of_range_times_and_durations_are_refused(server: TestServer) {
             ))
             .await
             .expect_err("refused");
-        assert_eq!(bad_fields(&status), ["api_token.expire_time"], "{status:?}");
+        assert_invalid(&status, "api_token.expire_time", limit);
     }
     // The grace period of a regeneration, likewise.
     server.create("graceful", Role::Viewer).await;
@@ -423,7 +426,24 @@ async fn out_of_range_times_and_durations_are_refused(server: TestServer) {
         ))
         .await
         .expect_err("refused");
-    assert_eq!(bad_fields(&status), ["previous_secret_ttl"]);
+    assert_invalid(&status, "previous_secret_ttl", "36525 days");
+    // Within the representable range, the deployment's own bound applies
+    // (`--max-grace`, 7 days by default), named too.
+    let status = client
+        .regenerate_api_token(authed(
+            &server.owner,
+            RegenerateApiTokenRequest {
+                name: name("graceful"),
+                previous_secret_ttl: Some(prost_types::Duration {
+                    seconds: 8 * 86_400,
+                    nanos: 0,
+                }),
+                end_grace_on_first_use: false,
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_invalid(&status, "previous_secret_ttl", "7d");
     // Nothing was created, nothing changed, the server lives.
     for id in ["huge-ttl", "far-future"] {
         let status = client
@@ -576,6 +596,26 @@ async fn display_names_are_one_line(server: TestServer) {
             status.message()
         );
     }
+    // The same rule on update.
+    server.create("renamed", Role::Viewer).await;
+    let status = client
+        .update_api_token(authed(
+            &server.owner,
+            UpdateApiTokenRequest {
+                api_token: Some(ApiToken {
+                    name: name("renamed"),
+                    display_name: "viewer\nrole: ROLE_OWNER".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("refused on update");
+    assert_eq!(bad_fields(&status), ["api_token.display_name"]);
+    assert!(!status.message().contains('\n'), "{:?}", status.message());
     // Descriptions keep their newlines and tabs, and nothing else.
     let (token, _) = server
         .create_token(
