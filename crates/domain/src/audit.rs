@@ -34,11 +34,15 @@ pub enum Action {
     AuthFailureBurst,
     /// A revoked or expired token was purged.
     Purge,
+    /// A token signed in to the web console.
+    ConsoleSignIn,
+    /// A web console session was ended by signing out.
+    ConsoleSignOut,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 11] = [
         Action::Create,
         Action::Update,
         Action::Regenerate,
@@ -48,6 +52,8 @@ impl Action {
         Action::PolicyRefusal,
         Action::AuthFailureBurst,
         Action::Purge,
+        Action::ConsoleSignIn,
+        Action::ConsoleSignOut,
     ];
 
     /// The wire enum.
@@ -62,6 +68,8 @@ impl Action {
             Action::PolicyRefusal => WireAction::PolicyRefusal,
             Action::AuthFailureBurst => WireAction::AuthFailureBurst,
             Action::Purge => WireAction::Purge,
+            Action::ConsoleSignIn => WireAction::ConsoleSignIn,
+            Action::ConsoleSignOut => WireAction::ConsoleSignOut,
         }
     }
 

@@ -13,7 +13,10 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use apitoken_domain::clock::SharedClock;
-use apitoken_web::{Connection, Console, ExpiryRules, Hooks, NamespacePolicy, WebConfig};
+use apitoken_web::{
+    Connection, Console, ExpiryRules, Hooks, NamespacePolicy, SessionAudit, SessionEvent,
+    WebConfig, session::Identity,
+};
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
@@ -21,7 +24,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{policy::Policy, service::ApiTokenService, tls::TlsReloader};
+use crate::{
+    policy::Policy,
+    service::{ApiTokenService, ConsoleSession},
+    tls::TlsReloader,
+};
 
 /// The default address of the console.
 pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:50053";
@@ -116,6 +123,31 @@ impl NamespacePolicy for ConsolePolicy {
     }
 }
 
+/// Sign-in and sign-out, audited by the service layer.
+#[derive(Debug)]
+struct ConsoleAudit(ApiTokenService);
+
+impl SessionAudit for ConsoleAudit {
+    fn session(
+        &self,
+        event: SessionEvent,
+        identity: &Identity,
+        request: tonic::Request<()>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        let service = self.0.clone();
+        let (name, uid) = (identity.token_name.clone(), identity.uid.clone());
+        let event = match event {
+            SessionEvent::SignedIn => ConsoleSession::SignedIn,
+            SessionEvent::SignedOut => ConsoleSession::SignedOut,
+        };
+        Box::pin(async move {
+            service
+                .audit_console_session(&request, &name, &uid, event)
+                .await;
+        })
+    }
+}
+
 /// Serves the console for `service` on `listener` until `stopping`.
 pub fn spawn(
     listener: TcpListener,
@@ -131,6 +163,7 @@ pub fn spawn(
     };
     let hooks = Hooks {
         observer: Some(Arc::new(WebMetrics)),
+        sessions: Some(Arc::new(ConsoleAudit(service.clone()))),
         policy: Some(Arc::new(ConsolePolicy(policy))),
     };
     let router = Console::hooked(service, clock, config, hooks).router();

@@ -264,3 +264,39 @@ async fn the_create_form_offers_what_the_expiry_policy_allows() {
     assert!(open.body.contains("id=\"expiry-365\""));
     assert!(!open.body.contains("expiry-policy"));
 }
+
+#[tokio::test]
+async fn signing_in_and_out_is_audited_in_the_tokens_namespace() {
+    let server = start().await;
+    let mut viewer = Browser::new(server.web);
+    assert_eq!(viewer.sign_in(&server.viewer).await.status, 303);
+    let csrf = viewer.csrf().await;
+    assert_eq!(
+        viewer.post("/sign-out", &[("csrf", &csrf)]).await.status,
+        303
+    );
+    let mut owner = Browser::new(server.web);
+    owner.sign_in(&server.owner).await;
+    let ins = owner.get("/audit?action=CONSOLE_SIGN_IN").await;
+    assert_eq!(ins.status, 200);
+    for who in [
+        "namespaces/team-a/apitokens/viewer-a",
+        "namespaces/team-a/apitokens/owner-a",
+    ] {
+        assert!(ins.body.contains(who), "{who} signed in: {}", ins.body);
+    }
+    assert!(
+        ins.body.contains("127.0.0.1") && ins.body.contains("web-test/1.0"),
+        "the browser's address and user agent: {}",
+        ins.body
+    );
+    let outs = owner.get("/audit?action=CONSOLE_SIGN_OUT").await;
+    assert!(outs.body.contains("namespaces/team-a/apitokens/viewer-a"));
+    assert!(!outs.body.contains("namespaces/team-a/apitokens/owner-a"));
+    // Another namespace's log holds none of it.
+    let mut other = Browser::new(server.web);
+    other.sign_in(&server.other).await;
+    let theirs = other.get("/audit?action=CONSOLE_SIGN_IN").await;
+    assert!(theirs.body.contains("namespaces/team-b/apitokens/owner-b"));
+    assert!(!theirs.body.contains("team-a"), "{}", theirs.body);
+}

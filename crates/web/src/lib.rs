@@ -77,11 +77,35 @@ pub trait NamespacePolicy: Send + Sync + std::fmt::Debug + 'static {
     fn expiry(&self, namespace: &str) -> ExpiryRules;
 }
 
+/// What happened to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A token signed in.
+    SignedIn,
+    /// A session was ended by signing out.
+    SignedOut,
+}
+
+/// Audits sessions (the server writes the entries, in the token's
+/// namespace; the console only says what happened and from where).
+pub trait SessionAudit: Send + Sync + std::fmt::Debug + 'static {
+    /// `event` happened to the session of `identity`; `request` carries the
+    /// browser's address and user agent as the service reads them.
+    fn session(
+        &self,
+        event: SessionEvent,
+        identity: &session::Identity,
+        request: tonic::Request<()>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+}
+
 /// What the server plugs into the console.
 #[derive(Debug, Clone, Default)]
 pub struct Hooks {
     /// Told of every answered request.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Audits sign-in and sign-out.
+    pub sessions: Option<Arc<dyn SessionAudit>>,
     /// The expiry rules the create form offers (none: every choice).
     pub policy: Option<Arc<dyn NamespacePolicy>>,
 }
@@ -115,6 +139,21 @@ impl<S: ApiTokenService> Console<S> {
             clock,
             hooks,
         })
+    }
+
+    /// Audits `event` of `identity`'s session from the browser of `ctx`.
+    pub(crate) async fn audit_session(
+        &self,
+        event: SessionEvent,
+        identity: &session::Identity,
+        ctx: &reply::Ctx,
+    ) {
+        let Some(audit) = &self.hooks.sessions else {
+            return;
+        };
+        if let Ok(request) = api::request((), None, &ctx.client) {
+            audit.session(event, identity, request).await;
+        }
     }
 
     /// The expiry rules of `namespace` (none known: no rule).

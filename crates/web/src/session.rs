@@ -54,6 +54,8 @@ impl Default for SessionConfig {
 pub struct Identity {
     /// `namespaces/<ns>/apitokens/<id>`.
     pub token_name: String,
+    /// The token's uid.
+    pub uid: String,
     /// The namespace id.
     pub namespace: String,
     /// The token's role.
@@ -268,6 +270,7 @@ mod tests {
     fn identity() -> Identity {
         Identity {
             token_name: "namespaces/a/apitokens/b".into(),
+            uid: String::new(),
             namespace: "a".into(),
             role: Role::Owner,
         }
@@ -276,6 +279,7 @@ mod tests {
     fn of(namespace: &str, token: &str) -> Identity {
         Identity {
             token_name: format!("namespaces/{namespace}/apitokens/{token}"),
+            uid: String::new(),
             namespace: namespace.into(),
             role: Role::Viewer,
         }

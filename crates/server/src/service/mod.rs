@@ -10,7 +10,10 @@ mod callers;
 mod create;
 mod limits;
 mod rotation;
+mod sessions;
 mod tokens;
+
+pub use sessions::ConsoleSession;
 
 pub use callers::{MAX_USAGE_REPORTS, MAX_USE_COUNT};
 

@@ -16,6 +16,7 @@ use http::{StatusCode, header};
 
 use super::{Form, Query, Shared, fields, query};
 use crate::{
+    SessionEvent,
     api::{self, ApiError},
     reply::{self, Ctx, SESSION_COOKIE, SIGN_IN_COOKIE},
     session::{Identity, random_hex, same},
@@ -157,6 +158,9 @@ pub async fn sign_in<S: ApiTokenService>(
             "The service did not say who this token is.",
         ));
     };
+    console
+        .audit_session(SessionEvent::SignedIn, &identity, &ctx)
+        .await;
     let Some(id) = console.sessions().create(token, identity) else {
         return refuse(ApiError::new(
             tonic::Code::Internal,
@@ -183,6 +187,7 @@ fn identity(token: &v1::ApiToken) -> Option<Identity> {
     let name = apitoken_domain::name::TokenName::parse("name", &token.name).ok()?;
     Some(Identity {
         token_name: token.name.clone(),
+        uid: token.uid.clone(),
         namespace: name.namespace().as_str().to_owned(),
         role: Role::from_proto(token.role)?,
     })
@@ -199,6 +204,9 @@ pub async fn sign_out<S: ApiTokenService>(
         Err(response) => return *response,
     };
     console.sessions().end(&auth.session);
+    console
+        .audit_session(SessionEvent::SignedOut, &auth.identity, &ctx)
+        .await;
     let mut response = reply::redirect("/sign-in?signed_out=1");
     response.headers_mut().append(
         header::SET_COOKIE,
