@@ -37,6 +37,7 @@ limit_tests!(
     filters_find_unused_and_expiring_tokens,
     the_interceptor_enforces_limits_locally,
     the_interceptor_throttles_failing_peers,
+    behind_a_trusted_proxy_the_interceptor_throttles_the_client,
     concurrent_creates_never_overshoot_the_quota,
     a_viewer_gets_at_most_120_in_any_minute,
     failed_authentications_are_at_most_20_in_any_minute,
@@ -658,6 +659,82 @@ async fn the_interceptor_throttles_failing_peers(backend: Backend) {
         ))
         .await
         .expect("known good, from a throttled address");
+    example.stop().await;
+}
+
+/// Behind a sidecar every call comes from one address: with the sidecar as
+/// a trusted proxy, the interceptor throttles (and reports to apitoken) the
+/// client `x-forwarded-for` names, so one bad client does not lock out the
+/// others' new tokens; the header of anyone else is ignored.
+async fn behind_a_trusted_proxy_the_interceptor_throttles_the_client(backend: Backend) {
+    let Some(server) = server_with(backend, Limits::default()).await else {
+        return;
+    };
+    let settings = apitoken_interceptor::Settings {
+        failed_auth_per_minute: 3,
+        trusted_proxies: apitoken_domain::peer::TrustedProxies::parse("127.0.0.1")
+            .expect("proxies"),
+        ..fast_settings()
+    };
+    let example = ExampleService::start(&server, settings).await;
+    let mut client = example.client().await;
+    let from = |secret: &str, client_address: &str| {
+        let mut request = authed(
+            secret,
+            ListItemsRequest {
+                namespace: NAMESPACE.into(),
+            },
+        );
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", client_address.parse().expect("ascii"));
+        request
+    };
+    let (_, first) = server.create("first", Role::Viewer).await;
+    let (_, second) = server.create("second", Role::Viewer).await;
+    for _ in 0..3 {
+        let status = client
+            .list_items(from("apitoken_garbage", "198.51.100.1"))
+            .await
+            .expect_err("malformed");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    // The bad client is throttled, even with a token new to the cache...
+    let status = client
+        .list_items(from(&second, "198.51.100.1"))
+        .await
+        .expect_err("throttled");
+    assert_rate_limited(&status, "address 198.51.100.1");
+    // ...while another client behind the same proxy is not.
+    client
+        .list_items(from(&first, "198.51.100.2"))
+        .await
+        .expect("another client, a new token");
+    // apitoken heard the client's address, not the proxy's.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let token = server
+            .client()
+            .await
+            .get_api_token(authed(
+                &server.owner,
+                v1::GetApiTokenRequest {
+                    name: format!("namespaces/{NAMESPACE}/apitokens/first"),
+                },
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        if token.last_use_ip == "198.51.100.2" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "last_use_ip is {:?}",
+            token.last_use_ip
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     example.stop().await;
 }
 

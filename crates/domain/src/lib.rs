@@ -28,6 +28,7 @@ pub mod hash;
 pub mod input;
 pub mod name;
 pub mod page;
+pub mod peer;
 pub mod principal;
 pub mod ratelimit;
 pub mod role;

@@ -68,8 +68,8 @@ impl MethodPolicy {
     }
 }
 
-/// Timings and sizes.
-#[derive(Debug, Clone, Copy)]
+/// Timings, sizes and the proxies in front.
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Most tokens cached (and, separately, most refusals).
     pub cache_capacity: usize,
@@ -105,6 +105,12 @@ pub struct Settings {
     /// during it are not seen until the stream is back. Each call served so
     /// is counted (`StatsSnapshot::outage_hits`) and logged once per outage.
     pub outage_grace: Option<Duration>,
+    /// The proxies (a sidecar, a load balancer) whose `x-forwarded-for`
+    /// names the caller: behind them the throttle and the address reported
+    /// to apitoken are the client's, not the proxy's. None by default: the
+    /// header is ignored, and behind a proxy every caller shares its
+    /// address. The same rule as the server's `--trusted-proxies`.
+    pub trusted_proxies: apitoken_domain::peer::TrustedProxies,
 }
 
 impl Default for Settings {
@@ -120,6 +126,7 @@ impl Default for Settings {
             failed_auth_per_minute: 20,
             credential_retry: Duration::from_secs(30),
             outage_grace: None,
+            trusted_proxies: apitoken_domain::peer::TrustedProxies::default(),
         }
     }
 }

@@ -203,6 +203,12 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         // Plaintext and TLS servers put different connect info in.
         let peer = apitoken_proto::peer::remote_addr(request.extensions()).map(|addr| addr.ip());
+        // Behind trusted proxies, the client they name (else the peer).
+        let peer = self
+            .shared
+            .settings
+            .trusted_proxies
+            .client_address_in(peer, request.headers());
         let span = span(request.uri().path());
         crate::trace::link_to_caller(&span, request.headers());
         let step = span.in_scope(|| {

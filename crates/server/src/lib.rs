@@ -43,7 +43,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod namespaces;
-pub mod peer;
+pub use apitoken_domain::peer;
 pub mod policy;
 pub mod service;
 pub mod telemetry;

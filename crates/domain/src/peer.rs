@@ -9,10 +9,14 @@
 //! believed). A caller that is not a trusted proxy cannot choose its address
 //! with the header. The header is read up to [`MAX_FORWARDED_LEN`] bytes and
 //! [`MAX_HOPS`] addresses.
+//!
+//! One rule for the server (`--trusted-proxies`) and the interceptor
+//! (`Settings::trusted_proxies`), which read it from gRPC metadata and from
+//! HTTP headers.
 
 use std::net::IpAddr;
 
-use tonic::metadata::MetadataMap;
+use tonic::{codegen::http::HeaderMap, metadata::MetadataMap};
 
 /// Most bytes of `x-forwarded-for` read.
 pub const MAX_FORWARDED_LEN: usize = 1024;
@@ -75,7 +79,7 @@ impl Cidr {
 }
 
 fn truncate(text: &str) -> &str {
-    apitoken_domain::input::truncate(text, 64)
+    crate::input::truncate(text, 64)
 }
 
 /// The proxies whose `x-forwarded-for` is believed.
@@ -107,13 +111,39 @@ impl TrustedProxies {
     /// The client's address: the transport `peer`, or, behind trusted
     /// proxies, the rightmost untrusted address they forwarded.
     pub fn client_address(&self, peer: Option<IpAddr>, metadata: &MetadataMap) -> Option<IpAddr> {
+        self.client_behind(
+            peer,
+            metadata
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|value| value.to_str().ok()),
+        )
+    }
+
+    /// [`TrustedProxies::client_address`] from HTTP headers.
+    pub fn client_address_in(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        self.client_behind(
+            peer,
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|value| value.to_str().ok()),
+        )
+    }
+
+    /// The walk, over every `x-forwarded-for` value (`None`: not text).
+    fn client_behind<'a>(
+        &self,
+        peer: Option<IpAddr>,
+        values: impl Iterator<Item = Option<&'a str>>,
+    ) -> Option<IpAddr> {
         let peer = peer?;
         if !self.trusts(peer) {
             return Some(peer);
         }
         let mut forwarded: Vec<IpAddr> = Vec::new();
-        for value in metadata.get_all("x-forwarded-for") {
-            let Ok(value) = value.to_str() else {
+        for value in values {
+            let Some(value) = value else {
                 return Some(peer);
             };
             if value.len() > MAX_FORWARDED_LEN {
@@ -141,14 +171,10 @@ impl TrustedProxies {
     }
 }
 
-/// The key a failed authentication is counted under: the address, with
-/// IPv6 addresses widened to their /64 (one subscriber's usual allocation,
-/// so an attacker cannot get a fresh budget per address).
-pub use apitoken_domain::ratelimit::throttle_key;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::throttle_key;
 
     fn metadata(forwarded: &[&str]) -> MetadataMap {
         let mut metadata = MetadataMap::new();
