@@ -121,6 +121,10 @@ impl NamespacePolicy for ConsolePolicy {
             default_lifetime: policy.default_lifetime,
         }
     }
+
+    fn max_grace(&self) -> Option<Duration> {
+        Some(self.0.max_grace)
+    }
 }
 
 /// Sign-in and sign-out, audited by the service layer.

@@ -1,7 +1,8 @@
 //! The web console's changes through the real server in-process: an
 //! update saved and then refused for a stale page, the service's rate
-//! limit as a 429 page with `Retry-After`, and the service's grace bound
-//! (`--max-grace`) refusing a regeneration the form offered.
+//! limit as a 429 page with `Retry-After`, the grace and expiry choices
+//! narrowed to the service's bounds (which still refuse a forged one), and
+//! sign-in and sign-out audited.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -172,7 +173,12 @@ async fn a_grace_past_the_services_bound_is_refused_by_the_service() {
     let shown = browser.get("/secret?token=ci-deploy").await;
     assert_eq!(shown.status, 200);
     let csrf = browser.csrf().await;
-    // The form offers a day; this deployment allows an hour.
+    // The form offers only what this deployment allows (an hour)...
+    let page = browser.get("/tokens/ci-deploy").await;
+    assert!(page.body.contains("<option value=\"3600\""));
+    assert!(!page.body.contains("<option value=\"86400\""));
+    assert!(!page.body.contains("<option value=\"604800\""));
+    // ...and a forged day is the service's to refuse.
     let refused = browser
         .post(
             "/tokens/ci-deploy/regenerate",

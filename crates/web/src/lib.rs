@@ -75,6 +75,12 @@ pub struct ExpiryRules {
 pub trait NamespacePolicy: Send + Sync + std::fmt::Debug + 'static {
     /// The expiry rules of `namespace`.
     fn expiry(&self, namespace: &str) -> ExpiryRules;
+
+    /// The longest grace period a regenerated token's previous secret may
+    /// get (`--max-grace`); `None`: no bound known here.
+    fn max_grace(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// What happened to a session.
@@ -154,6 +160,14 @@ impl<S: ApiTokenService> Console<S> {
         if let Ok(request) = api::request((), None, &ctx.client) {
             audit.session(event, identity, request).await;
         }
+    }
+
+    /// The longest grace the service allows, if known.
+    pub(crate) fn max_grace(&self) -> Option<Duration> {
+        self.hooks
+            .policy
+            .as_ref()
+            .and_then(|policy| policy.max_grace())
     }
 
     /// The expiry rules of `namespace` (none known: no rule).

@@ -320,6 +320,9 @@ pub struct TokenPage {
     pub roles: Vec<Choice>,
     /// The etag (conditional update).
     pub etag: String,
+    /// The grace periods offered at regeneration (`(seconds, label)`,
+    /// those within the service's bound).
+    pub graces: Vec<Choice>,
     /// Whether it is active (actions shown).
     pub active: bool,
     /// Why the last action failed.

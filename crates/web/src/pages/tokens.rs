@@ -250,6 +250,24 @@ fn lower_roles(current: i32) -> Vec<crate::views::Choice> {
     choices(&options, current.as_str())
 }
 
+/// The grace periods offered at regeneration, in seconds.
+const GRACES: [(&str, &str, u64); 4] = [
+    ("0", "No grace: stop at once", 0),
+    ("3600", "1 hour", 3_600),
+    ("86400", "1 day", 86_400),
+    ("604800", "7 days", 604_800),
+];
+
+/// The choices of [`GRACES`] within `max` (all when it is unknown).
+fn grace_choices(max: Option<std::time::Duration>) -> Vec<crate::views::Choice> {
+    let options: Vec<(&str, &str)> = GRACES
+        .iter()
+        .filter(|(_, _, seconds)| max.is_none_or(|max| *seconds <= max.as_secs()))
+        .map(|(value, label, _)| (*value, *label))
+        .collect();
+    choices(&options, "0")
+}
+
 /// The token page of `id`, with an optional problem (whose status the
 /// page takes: 400 for a field, 409 for a stale etag) or note.
 async fn token_page<S: ApiTokenService>(
@@ -280,6 +298,7 @@ async fn token_page<S: ApiTokenService>(
             description: token.description.clone(),
             roles: lower_roles(token.role),
             etag: token.etag.clone(),
+            graces: grace_choices(console.max_grace()),
             active: token.state == v1::api_token::State::Active as i32,
             problem,
             note,
