@@ -51,7 +51,13 @@ pub fn decode(
 ) -> Result<i64, Error> {
     let invalid = || Error::invalid(field, "is not a page token issued for this request");
     if token.len() > MAX_PAGE_TOKEN_LEN {
-        return Err(invalid());
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must be at most {MAX_PAGE_TOKEN_LEN} bytes (got {}): it is not a page token issued for this request",
+                token.len()
+            ),
+        ));
     }
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     if bytes.len() != FINGERPRINT_LEN + ID_LEN + MAC_LEN {
