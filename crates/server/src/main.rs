@@ -135,12 +135,14 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             .web_listen
             .unwrap_or_else(apitoken_server::web::default_web_listen),
     };
+    // Before anything is served or logged: SIGTERM from now on is graceful.
+    let shutdown = shutdown_signal();
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::build(config, clock).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|err| StartError::Config(format!("cannot listen on {}: {err}", args.listen)))?;
-    app.serve(listener, shutdown_signal()).await
+    app.serve(listener, shutdown).await
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), StartError> {
@@ -172,27 +174,37 @@ async fn bootstrap(args: apitoken_server::config::BootstrapArgs) -> Result<(), S
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Completes on SIGINT or SIGTERM. The handlers are installed by this call,
+/// not when the future is first polled: a supervisor that sends SIGTERM as
+/// soon as the server says where it listens must get a graceful shutdown,
+/// not the signal's default action (the process killed).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
+    let waits = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let terminate = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |installed: Option<tokio::signal::unix::Signal>| async move {
+                match installed {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                Err(_) => std::future::pending::<()>().await,
+            };
+            tokio::select! {
+                () = wait(terminate) => {}
+                () = wait(interrupt) => {}
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate => {}
         }
-    }
+    };
     #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+    let waits = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    async move {
+        waits.await;
+        info!("shutdown signal received");
     }
-    info!("shutdown signal received");
 }

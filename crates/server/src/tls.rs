@@ -159,11 +159,13 @@ impl TlsReloader {
         mut stopping: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         let reloader = Arc::clone(self);
+        // Installed now, before the server says it is serving: a SIGHUP
+        // right after must reload, not end the process (its default).
+        let mut hangup = Hangup::new();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;
-            let mut hangup = Hangup::new();
             loop {
                 let outcome = tokio::select! {
                     _ = ticker.tick() => reloader.reload_if_changed(),
