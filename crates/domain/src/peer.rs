@@ -214,6 +214,39 @@ mod tests {
     }
 
     #[test]
+    fn http_headers_follow_the_same_walk_and_bounds() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8").expect("proxies");
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.append("x-forwarded-for", value.parse().expect("ascii"));
+            headers
+        };
+        assert_eq!(
+            proxies.client_address_in(
+                Some(ip("10.0.0.5")),
+                &headers("203.0.113.66, 198.51.100.9, 10.0.0.4")
+            ),
+            Some(ip("198.51.100.9"))
+        );
+        // Past 1 KiB or 32 hops nothing of it is believed: the proxy.
+        let long = format!("{}198.51.100.9", " ".repeat(MAX_FORWARDED_LEN));
+        assert_eq!(
+            proxies.client_address_in(Some(ip("10.0.0.5")), &headers(&long)),
+            Some(ip("10.0.0.5"))
+        );
+        let hops = vec!["198.51.100.9"; MAX_HOPS + 1].join(",");
+        assert_eq!(
+            proxies.client_address_in(Some(ip("10.0.0.5")), &headers(&hops)),
+            Some(ip("10.0.0.5"))
+        );
+        // Not a proxy: the header is ignored.
+        assert_eq!(
+            proxies.client_address_in(Some(ip("192.0.2.1")), &headers("198.51.100.9")),
+            Some(ip("192.0.2.1"))
+        );
+    }
+
+    #[test]
     fn only_trusted_proxies_forward_addresses() {
         let proxies = TrustedProxies::parse("10.0.0.0/8").expect("proxies");
         // Not a proxy: the header is ignored.
