@@ -99,6 +99,26 @@ impl Action {
     }
 }
 
+/// What happened to a web console session (audited as
+/// [`Action::ConsoleSignIn`] or [`Action::ConsoleSignOut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleSession {
+    /// A token signed in.
+    SignedIn,
+    /// Its session was ended by signing out.
+    SignedOut,
+}
+
+impl ConsoleSession {
+    /// The audit action that records it.
+    pub fn action(self) -> Action {
+        match self {
+            ConsoleSession::SignedIn => Action::ConsoleSignIn,
+            ConsoleSession::SignedOut => Action::ConsoleSignOut,
+        }
+    }
+}
+
 /// A parsed audit filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod clock;
 pub mod error;
 pub mod event;
+pub mod expiry;
 pub mod filter;
 pub mod hash;
 pub mod input;

@@ -23,6 +23,21 @@ const MAX_DETAIL: usize = 160;
 /// Most violations listed in one `BadRequest`.
 const MAX_VIOLATIONS: usize = 12;
 
+/// The metadata key of a `RESOURCE_EXHAUSTED` refusal's wait, in whole
+/// seconds (rounded up), beside its `RetryInfo`.
+pub const RETRY_AFTER: &str = "retry-after";
+
+/// The whole seconds `status` says to wait ([`RETRY_AFTER`]), if it says.
+pub fn retry_after(status: &Status) -> Option<u64> {
+    status
+        .metadata()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        // Twenty digits overflow a u64 anyway: nothing longer is parsed.
+        .filter(|text| text.len() <= 20)
+        .and_then(|text| text.parse::<u64>().ok())
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = truncate(&error.to_string(), MAX_MESSAGE).to_owned();
@@ -94,7 +109,7 @@ impl From<Error> for Status {
                 if let Some(retry_after) = retry_after {
                     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                     if let Ok(value) = seconds.to_string().parse() {
-                        status.metadata_mut().insert("retry-after", value);
+                        status.metadata_mut().insert(RETRY_AFTER, value);
                     }
                 }
                 status
@@ -186,6 +201,7 @@ mod tests {
                 .map(|v| v.to_str().expect("ascii")),
             Some("2")
         );
+        assert_eq!(retry_after(&status), Some(2));
         let details = status.get_error_details();
         assert_eq!(
             details.quota_failure().expect("quota").violations[0].subject,

@@ -6,16 +6,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-/// The expiry rules of one namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ExpiryPolicy {
-    /// A token must have an expiry.
-    pub required: bool,
-    /// The longest lifetime from creation.
-    pub max_lifetime: Option<Duration>,
-    /// The lifetime of a token created without expiry.
-    pub default_lifetime: Option<Duration>,
-}
+pub use apitoken_domain::expiry::ExpiryPolicy;
 
 /// The lifecycle policy.
 #[derive(Debug, Clone)]

@@ -76,7 +76,7 @@ impl UsageRecorder {
             .iter()
             .map(|(uid, pending)| UsageReport {
                 namespace: pending.namespace.to_string(),
-                uid: uuid::Uuid::from_u128(*uid).hyphenated().to_string(),
+                uid: crate::index::uid_string(*uid),
                 count: pending.count,
                 last_use_time: pending.last_use_time,
                 last_use_ip: pending.last_use_ip.map(|ip| ip.to_string()),

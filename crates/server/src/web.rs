@@ -7,15 +7,15 @@
 //! must be bound or the server does not start. Plaintext only on loopback
 //! unless `--plaintext`, as for gRPC; under `--tls-cert` the console
 //! serves TLS with the same certificate (reloaded with it; ALPN `h2` and
-//! `http/1.1`, where gRPC offers `h2` only) and its cookies are `Secure`. At most [`MAX_CONNECTIONS`] connections, each with a TLS
+//! `http/1.1`, where gRPC offers `h2` only) and its cookies are `Secure`.
+//! At most [`MAX_CONNECTIONS`] connections, each with a TLS
 //! handshake bound of [`HANDSHAKE_TIMEOUT`]; stops with the server.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use apitoken_domain::clock::SharedClock;
+use apitoken_domain::{audit::ConsoleSession, clock::SharedClock};
 use apitoken_web::{
-    Connection, Console, ExpiryRules, Hooks, NamespacePolicy, SessionAudit, SessionEvent,
-    WebConfig, session::Identity,
+    Connection, Console, Hooks, NamespacePolicy, SessionAudit, WebConfig, session::Identity,
 };
 use tokio::{
     net::TcpListener,
@@ -25,8 +25,8 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    policy::Policy,
-    service::{ApiTokenService, ConsoleSession},
+    policy::{ExpiryPolicy, Policy},
+    service::ApiTokenService,
     tls::TlsReloader,
 };
 
@@ -113,13 +113,8 @@ impl apitoken_web::Observer for WebMetrics {
 struct ConsolePolicy(Arc<Policy>);
 
 impl NamespacePolicy for ConsolePolicy {
-    fn expiry(&self, namespace: &str) -> ExpiryRules {
-        let policy = self.0.expiry(namespace);
-        ExpiryRules {
-            required: policy.required,
-            max_lifetime: policy.max_lifetime,
-            default_lifetime: policy.default_lifetime,
-        }
+    fn expiry(&self, namespace: &str) -> ExpiryPolicy {
+        self.0.expiry(namespace)
     }
 
     fn max_grace(&self) -> Option<Duration> {
@@ -134,16 +129,12 @@ struct ConsoleAudit(ApiTokenService);
 impl SessionAudit for ConsoleAudit {
     fn session(
         &self,
-        event: SessionEvent,
+        event: ConsoleSession,
         identity: &Identity,
         request: tonic::Request<()>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
         let service = self.0.clone();
         let (name, uid) = (identity.token_name.clone(), identity.uid.clone());
-        let event = match event {
-            SessionEvent::SignedIn => ConsoleSession::SignedIn,
-            SessionEvent::SignedOut => ConsoleSession::SignedOut,
-        };
         Box::pin(async move {
             service
                 .audit_console_session(&request, &name, &uid, event)

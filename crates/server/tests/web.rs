@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{Browser, create, start};
+use support::{Browser, create, owner_with_ci_deploy, start};
 
 #[tokio::test]
 async fn sign_in_sets_a_strict_http_only_session_cookie() {
@@ -337,14 +337,7 @@ async fn bad_input_gets_a_readable_error_and_everything_is_escaped() {
 #[tokio::test]
 async fn revoke_takes_a_confirmation_and_is_audited() {
     let server = start().await;
-    let mut browser = Browser::new(server.web);
-    browser.sign_in(&server.owner).await;
-    assert_eq!(
-        create(&mut browser, "ci-deploy", "editor", &[])
-            .await
-            .status,
-        303
-    );
+    let mut browser = owner_with_ci_deploy(&server).await;
     let confirm = browser.get("/tokens/ci-deploy/revoke").await;
     assert_eq!(confirm.status, 200);
     assert!(confirm.body.contains("cannot be undone"));

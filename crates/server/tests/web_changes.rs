@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use apitoken_domain::ratelimit::RateLimit;
-use support::{Browser, Reply, create, start, start_with};
+use support::{Browser, Reply, create, owner_with_ci_deploy, start, start_with};
 
 /// The `value` of the hidden `name="etag"` field of a token page, as a
 /// browser sends it back (the page escapes its quotes as `&#34;`).
@@ -39,14 +39,7 @@ fn fact(page: &Reply, term: &str) -> String {
 #[tokio::test]
 async fn an_update_is_saved_and_a_stale_page_is_refused_with_409() {
     let server = start().await;
-    let mut browser = Browser::new(server.web);
-    browser.sign_in(&server.owner).await;
-    assert_eq!(
-        create(&mut browser, "ci-deploy", "editor", &[])
-            .await
-            .status,
-        303
-    );
+    let mut browser = owner_with_ci_deploy(&server).await;
     let before = browser.get("/tokens/ci-deploy").await;
     assert_eq!(before.status, 200);
     let stale = etag(&before);
@@ -162,14 +155,7 @@ async fn a_grace_past_the_services_bound_is_refused_by_the_service() {
         config.policy.max_grace = Duration::from_secs(3600);
     })
     .await;
-    let mut browser = Browser::new(server.web);
-    browser.sign_in(&server.owner).await;
-    assert_eq!(
-        create(&mut browser, "ci-deploy", "editor", &[])
-            .await
-            .status,
-        303
-    );
+    let mut browser = owner_with_ci_deploy(&server).await;
     let shown = browser.get("/secret?token=ci-deploy").await;
     assert_eq!(shown.status, 200);
     let csrf = browser.csrf().await;

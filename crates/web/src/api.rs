@@ -118,14 +118,9 @@ impl From<Status> for ApiError {
             })
             .unwrap_or_default();
         let code = status.code();
-        // The service's own header: whole seconds, at most a day believed.
-        let retry_after = status
-            .metadata()
-            .get("retry-after")
-            .and_then(|value| value.to_str().ok())
-            .filter(|text| text.len() <= 6)
-            .and_then(|text| text.parse::<u64>().ok())
-            .map(|seconds| seconds.min(86_400));
+        // The service's own header; at most a day is shown.
+        let retry_after =
+            apitoken_domain::status::retry_after(&status).map(|seconds| seconds.min(86_400));
         let message = match code {
             Code::InvalidArgument if !fields.is_empty() => "Some fields need attention.".to_owned(),
             Code::InvalidArgument

@@ -26,7 +26,7 @@ pub mod views;
 
 use std::{sync::Arc, time::Duration};
 
-use apitoken_domain::clock::SharedClock;
+use apitoken_domain::{audit::ConsoleSession, clock::SharedClock, expiry::ExpiryPolicy};
 use apitoken_proto::v1::api_token_service_server::ApiTokenService;
 use axum::{
     Router,
@@ -57,39 +57,17 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     fn answered(&self, route: &str, status: u16, elapsed: Duration);
 }
 
-/// What a namespace's expiry policy allows a new token (the server's
-/// `--expiry-required`, `--max-token-lifetime`, `--default-token-lifetime`
-/// and their per-namespace forms). The create form offers only choices the
-/// service would accept; the service still decides every request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExpiryRules {
-    /// A token must expire.
-    pub required: bool,
-    /// The longest lifetime from creation.
-    pub max_lifetime: Option<Duration>,
-    /// The lifetime of a token created without expiry.
-    pub default_lifetime: Option<Duration>,
-}
-
 /// The deployment's rules, as the server's policy states them.
 pub trait NamespacePolicy: Send + Sync + std::fmt::Debug + 'static {
-    /// The expiry rules of `namespace`.
-    fn expiry(&self, namespace: &str) -> ExpiryRules;
+    /// The expiry rules of `namespace` (the create form offers only the
+    /// choices they allow; the service still decides every request).
+    fn expiry(&self, namespace: &str) -> ExpiryPolicy;
 
     /// The longest grace period a regenerated token's previous secret may
     /// get (`--max-grace`); `None`: no bound known here.
     fn max_grace(&self) -> Option<Duration> {
         None
     }
-}
-
-/// What happened to a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEvent {
-    /// A token signed in.
-    SignedIn,
-    /// A session was ended by signing out.
-    SignedOut,
 }
 
 /// Audits sessions (the server writes the entries, in the token's
@@ -99,7 +77,7 @@ pub trait SessionAudit: Send + Sync + std::fmt::Debug + 'static {
     /// browser's address and user agent as the service reads them.
     fn session(
         &self,
-        event: SessionEvent,
+        event: ConsoleSession,
         identity: &session::Identity,
         request: tonic::Request<()>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
@@ -150,7 +128,7 @@ impl<S: ApiTokenService> Console<S> {
     /// Audits `event` of `identity`'s session from the browser of `ctx`.
     pub(crate) async fn audit_session(
         &self,
-        event: SessionEvent,
+        event: ConsoleSession,
         identity: &session::Identity,
         ctx: &reply::Ctx,
     ) {
@@ -171,7 +149,7 @@ impl<S: ApiTokenService> Console<S> {
     }
 
     /// The expiry rules of `namespace` (none known: no rule).
-    pub(crate) fn expiry_rules(&self, namespace: &str) -> ExpiryRules {
+    pub(crate) fn expiry_rules(&self, namespace: &str) -> ExpiryPolicy {
         self.hooks
             .policy
             .as_ref()

@@ -183,19 +183,16 @@ impl SessionStore {
         let now = Instant::now();
         let mut sessions = self.lock();
         self.prune(&mut sessions, now);
-        let per_token = self.config.max_per_token.max(1);
-        while sessions
-            .values()
-            .filter(|session| session.identity.token_name == identity.token_name)
-            .count()
-            >= per_token
-        {
-            let Some(oldest) = oldest_of(&sessions, |session| {
-                session.identity.token_name == identity.token_name
-            }) else {
-                break;
-            };
-            sessions.remove(&oldest);
+        // The token's own oldest sessions give way to the new one.
+        let mut mine: Vec<(Instant, SessionId)> = sessions
+            .iter()
+            .filter(|(_, session)| session.identity.token_name == identity.token_name)
+            .map(|(id, session)| (session.created, id.clone()))
+            .collect();
+        mine.sort_by_key(|(created, _)| *created);
+        let excess = (mine.len() + 1).saturating_sub(self.config.max_per_token.max(1));
+        for (_, old) in mine.into_iter().take(excess) {
+            sessions.remove(&old);
         }
         while sessions.len() >= self.config.max_sessions.max(1) {
             let Some(victim) = fair_victim(&sessions) else {

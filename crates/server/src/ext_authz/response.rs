@@ -102,12 +102,11 @@ pub(crate) fn allowed(
 pub(crate) fn denied(status: &Status, grpc: bool, decision: Option<&Decision>) -> CheckResponse {
     let wire = wire_status(status);
     let mut headers: Vec<HeaderValueOption> = rate_headers(decision).collect();
-    if let Some(retry_after) = status
-        .metadata()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-    {
-        headers.push(header("retry-after", retry_after));
+    if let Some(seconds) = apitoken_domain::status::retry_after(status) {
+        headers.push(header(
+            apitoken_domain::status::RETRY_AFTER,
+            seconds.to_string(),
+        ));
     }
     if status.code() == Code::Unauthenticated {
         headers.push(header("www-authenticate", www_authenticate(status)));

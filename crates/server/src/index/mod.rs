@@ -55,7 +55,7 @@ use tracing::{info, warn};
 
 pub use lists::{ListCache, ListKey, PageRecords};
 pub use records::RecordCache;
-pub use table::{AuthView, TokenTable, parse_uid};
+pub use table::{AuthView, TokenTable, parse_uid, uid_string};
 
 /// Rows loaded per query at cold start.
 const LOAD_BATCH: u64 = 1_000;

@@ -146,13 +146,18 @@ pub struct AuthView {
 impl AuthView {
     /// The uid as stored (a hyphenated lowercase UUID).
     pub fn uid_string(&self) -> String {
-        uuid::Uuid::from_u128(self.uid).hyphenated().to_string()
+        uid_string(self.uid)
     }
 
     /// The token's name.
     pub fn name(&self) -> TokenName {
         TokenName::from_stored(&self.namespace, &self.token_id)
     }
+}
+
+/// The stored form of a uid number (the inverse of [`parse_uid`]).
+pub fn uid_string(uid: u128) -> String {
+    uuid::Uuid::from_u128(uid).hyphenated().to_string()
 }
 
 /// The uid of a stored token as a number; `None` if it is not a UUID.

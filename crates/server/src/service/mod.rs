@@ -13,8 +13,6 @@ mod rotation;
 mod sessions;
 mod tokens;
 
-pub use sessions::ConsoleSession;
-
 pub use callers::{MAX_USAGE_REPORTS, MAX_USE_COUNT};
 
 use std::collections::BTreeMap;

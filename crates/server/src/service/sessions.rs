@@ -4,21 +4,12 @@
 //! in this process reaches this (it is no RPC), with the identity the
 //! service's own `VerifyApiToken` answered.
 
-use apitoken_domain::{audit::Action, name::TokenName};
+use apitoken_domain::{audit::ConsoleSession, name::TokenName};
 use tonic::Request;
 use tracing::warn;
 
 use super::ApiTokenService;
 use crate::audit::Actor;
-
-/// What happened to a console session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsoleSession {
-    /// A token signed in.
-    SignedIn,
-    /// Its session was ended by signing out.
-    SignedOut,
-}
 
 impl ApiTokenService {
     /// Audits `event` of the session of token `token_name` (uid `uid`),
@@ -34,13 +25,9 @@ impl ApiTokenService {
         let Ok(name) = TokenName::parse("name", token_name) else {
             return;
         };
-        let action = match event {
-            ConsoleSession::SignedIn => Action::ConsoleSignIn,
-            ConsoleSession::SignedOut => Action::ConsoleSignOut,
-        };
         let mut entry = self.auth.context(request).entry(
             name.namespace().as_str(),
-            action,
+            event.action(),
             Actor::Named(token_name),
             token_name.to_owned(),
             self.clock.now(),

@@ -301,3 +301,17 @@ pub async fn create(browser: &mut Browser, id: &str, role: &str, extra: &[(&str,
     ]);
     browser.post("/tokens", &form).await
 }
+
+/// A browser signed in as the owner of team-a, who has just created the
+/// editor token `ci-deploy` (its secret waiting at `/secret?token=ci-deploy`).
+pub async fn owner_with_ci_deploy(server: &Server) -> Browser {
+    let mut browser = Browser::new(server.web);
+    browser.sign_in(&server.owner).await;
+    assert_eq!(
+        create(&mut browser, "ci-deploy", "editor", &[])
+            .await
+            .status,
+        303
+    );
+    browser
+}

@@ -5,7 +5,7 @@
 //! token then lives only in the server's session store; the browser gets a
 //! random session id.
 
-use apitoken_domain::{Role, token::Secret};
+use apitoken_domain::{Role, audit::ConsoleSession, token::Secret};
 use apitoken_proto::v1::{self, api_token_service_server::ApiTokenService};
 use axum::extract::State;
 use axum::{
@@ -16,7 +16,6 @@ use http::{StatusCode, header};
 
 use super::{Form, Query, Shared, fields, query};
 use crate::{
-    SessionEvent,
     api::{self, ApiError},
     reply::{self, Ctx, SESSION_COOKIE, SIGN_IN_COOKIE},
     session::{Identity, random_hex, same},
@@ -158,15 +157,15 @@ pub async fn sign_in<S: ApiTokenService>(
             "The service did not say who this token is.",
         ));
     };
-    console
-        .audit_session(SessionEvent::SignedIn, &identity, &ctx)
-        .await;
-    let Some(id) = console.sessions().create(token, identity) else {
+    let Some(id) = console.sessions().create(token, identity.clone()) else {
         return refuse(ApiError::new(
             tonic::Code::Internal,
             "The server has no randomness available.",
         ));
     };
+    console
+        .audit_session(ConsoleSession::SignedIn, &identity, &ctx)
+        .await;
     let tls = console.config().tls;
     let max_age = console.config().sessions.absolute.as_secs();
     let mut response = reply::redirect("/tokens");
@@ -205,7 +204,7 @@ pub async fn sign_out<S: ApiTokenService>(
     };
     console.sessions().end(&auth.session);
     console
-        .audit_session(SessionEvent::SignedOut, &auth.identity, &ctx)
+        .audit_session(ConsoleSession::SignedOut, &auth.identity, &ctx)
         .await;
     let mut response = reply::redirect("/sign-in?signed_out=1");
     response.headers_mut().append(

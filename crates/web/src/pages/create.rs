@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use apitoken_domain::Role;
+use apitoken_domain::{Role, expiry::ExpiryPolicy};
 use apitoken_proto::v1::{self, api_token_service_server::ApiTokenService};
 use axum::extract::State;
 use axum::{extract::rejection::FormRejection, response::Response};
@@ -16,7 +16,6 @@ use http::StatusCode;
 
 use super::{Auth, Form, Query, Shared, fields, forms, query, tokens, valid_id};
 use crate::{
-    ExpiryRules,
     api::ApiError,
     reply::{self, Ctx, Fields},
     views::{CreatePage, Problem, SecretPage, choices},
@@ -30,7 +29,7 @@ const DAY_SECONDS: u64 = 86_400;
 /// The expiry choices `rules` allow, as `(value, label)`: the lifetimes
 /// within the maximum, a custom date, and "never" only where a token may
 /// have no expiry (or, under a default lifetime, "the policy's default").
-fn expiry_options(rules: ExpiryRules) -> Vec<(String, String)> {
+fn expiry_options(rules: ExpiryPolicy) -> Vec<(String, String)> {
     let fits = |days: u64| {
         rules
             .max_lifetime
@@ -79,13 +78,15 @@ const FORM_FIELDS: [&str; 7] = [
     "labels",
 ];
 
-fn page(
+/// The form for `auth`, under its namespace's expiry policy.
+fn page<S: ApiTokenService>(
+    console: &crate::Console<S>,
     auth: &Auth,
-    rules: ExpiryRules,
-    today: chrono::NaiveDate,
     form: BTreeMap<String, String>,
     problem: Option<Problem>,
 ) -> CreatePage {
+    let rules = console.expiry_rules(&auth.identity.namespace);
+    let today = console.now().date_naive();
     let own = auth.identity.role;
     let options: Vec<(&str, &str)> = Role::ALL
         .iter()
@@ -135,11 +136,9 @@ pub async fn form<S: ApiTokenService>(State(console): State<Shared<S>>, ctx: Ctx
     if !auth.owner() {
         return reply::forbidden_role(auth.layout("Create token", "tokens"));
     }
-    let rules = console.expiry_rules(&auth.identity.namespace);
-    let today = console.now().date_naive();
     reply::render(
         StatusCode::OK,
-        &page(&auth, rules, today, BTreeMap::new(), None),
+        &page(&console, &auth, BTreeMap::new(), None),
     )
 }
 
@@ -243,13 +242,7 @@ pub async fn create<S: ApiTokenService>(
         Err(error) => reply::with_retry_after(
             reply::render(
                 error.http_status(),
-                &page(
-                    &auth,
-                    console.expiry_rules(&auth.identity.namespace),
-                    console.now().date_naive(),
-                    kept,
-                    Some(Problem::from(&error)),
-                ),
+                &page(&console, &auth, kept, Some(Problem::from(&error))),
             ),
             &error,
         ),
@@ -296,7 +289,7 @@ mod tests {
 
     use super::*;
 
-    fn values(rules: ExpiryRules) -> Vec<String> {
+    fn values(rules: ExpiryPolicy) -> Vec<String> {
         expiry_options(rules)
             .into_iter()
             .map(|(value, _)| value)
@@ -306,20 +299,20 @@ mod tests {
     #[test]
     fn the_choices_are_those_of_the_policy() {
         assert_eq!(
-            values(ExpiryRules::default()),
+            values(ExpiryPolicy::default()),
             ["30", "90", "365", "custom", "never"]
         );
-        let capped = ExpiryRules {
+        let capped = ExpiryPolicy {
             max_lifetime: Some(Duration::from_secs(90 * DAY_SECONDS)),
-            ..ExpiryRules::default()
+            ..ExpiryPolicy::default()
         };
         assert_eq!(values(capped), ["30", "90", "custom"]);
-        let required = ExpiryRules {
+        let required = ExpiryPolicy {
             required: true,
-            ..ExpiryRules::default()
+            ..ExpiryPolicy::default()
         };
         assert_eq!(values(required), ["30", "90", "365", "custom"]);
-        let defaulted = ExpiryRules {
+        let defaulted = ExpiryPolicy {
             required: true,
             max_lifetime: Some(Duration::from_secs(7 * DAY_SECONDS)),
             default_lifetime: Some(Duration::from_secs(7 * DAY_SECONDS)),

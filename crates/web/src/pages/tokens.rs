@@ -171,13 +171,13 @@ async fn fetch<S: ApiTokenService>(
     Ok(console.api().get_api_token(request).await?.into_inner())
 }
 
-/// Everything the API says of `token`.
 /// `key=value` of every label, by key (a map has no order of its own).
 fn sorted_labels(token: &v1::ApiToken) -> Vec<String> {
     let sorted: BTreeMap<&String, &String> = token.labels.iter().collect();
     sorted.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
+/// Everything the API says of `token`.
 fn facts(token: &v1::ApiToken) -> Vec<Fact> {
     let mut facts = Vec::new();
     let mut fact = |term: &str, value: String| {
